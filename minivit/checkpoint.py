@@ -1,0 +1,166 @@
+"""Save and load models as ``model.safetensors`` + ``config.json``.
+
+``config.json`` records how to rebuild the architecture exactly:
+
+* ``{"family": "timm", "name": ..., "model_args": {...}}`` for any model created by name (timm models and
+  the registered Mini-* models);
+* ``{"family": "multiplexed_vit", "model_args": {...}}`` for a :class:`MultiplexedVisionTransformer`
+  made by :func:`minivit.multiplex` from a teacher;
+* ``{"family": "vit", "model_args": {...}}`` for a plain timm ViT built without a name;
+* ``{"family": "multiplexed_swin", ...}`` for multiplexed Swin models.
+
+Writes go to a temporary folder that is renamed into place, so a crash never leaves half a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT_VERSION = 1
+
+
+def model_config(model: nn.Module) -> dict:
+    """The JSON-able description that :func:`build_from_config` turns back into ``model``."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from .models.vision_transformer import MultiplexedVisionTransformer
+
+    cfg = getattr(model, "minivit_config", None)
+    if cfg is not None:
+        cfg = dict(cfg)
+    elif isinstance(model, MultiplexedVisionTransformer):
+        cfg = {"family": "multiplexed_vit", "model_args": dict(model.init_args)}
+    elif hasattr(model, "minivit_swin_args"):
+        cfg = {"family": "multiplexed_swin", "model_args": dict(model.minivit_swin_args)}
+    elif isinstance(model, VisionTransformer):
+        from .convert.timm_vit import describe_vit
+
+        cfg = {"family": "vit", "model_args": describe_vit(model)}
+    else:
+        raise ConfigError(
+            f"cannot describe a {type(model).__name__} for saving",
+            "create models with minivit.create_model(name, ...) or minivit.multiplex(...)",
+        )
+    cfg["format_version"] = FORMAT_VERSION
+    cfg["num_classes"] = getattr(model, "num_classes", None)
+    return json.loads(json.dumps(cfg, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
+
+
+def build_from_config(cfg: dict) -> nn.Module:
+    """Rebuild an architecture (random weights) from a :func:`model_config` dict."""
+    if not isinstance(cfg, dict) or "family" not in cfg:
+        raise ConfigError("config has no 'family' field", "regenerate config.json with save_pretrained")
+    family = cfg["family"]
+    args = cfg.get("model_args", {})
+    if not isinstance(args, dict):
+        raise ConfigError("config field 'model_args' must be an object", f"got {type(args).__name__}")
+    args = {k: tuple(v) if k in ("img_size", "patch_size") and isinstance(v, list) else v for k, v in args.items()}
+    try:
+        if family == "timm":
+            from .models.registry import create_model
+
+            name = cfg.get("name")
+            if not isinstance(name, str):
+                raise ConfigError("config field 'name' must be a model name string", "e.g. 'deit_tiny_patch16_224'")
+            model = create_model(name, pretrained=False, **args)
+        elif family == "multiplexed_vit":
+            from .models.vision_transformer import MultiplexedVisionTransformer
+
+            model = MultiplexedVisionTransformer(**args)
+        elif family == "vit":
+            from timm.models.vision_transformer import VisionTransformer
+
+            from .models.vision_transformer import _norm_layer
+
+            eps = args.pop("norm_eps", 1e-6)
+            model = VisionTransformer(**args, norm_layer=_norm_layer(eps))
+        elif family == "multiplexed_swin":
+            from .models.swin import MultiplexedSwinTransformer
+
+            model = MultiplexedSwinTransformer(**args)
+        else:
+            raise ConfigError(f"unknown model family {family!r} in config", "regenerate config.json")
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, AssertionError) as e:
+        raise ConfigError(f"config.json does not describe a valid model: {e}", "check model_args") from None
+    model.minivit_config = {k: v for k, v in cfg.items() if k not in ("format_version", "num_classes")}
+    return model
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created; replaced atomically)."""
+    directory = Path(directory)
+    cfg = model_config(model)
+    if extra:
+        cfg.update(extra)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        directory.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, directory / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    if not directory.is_dir():
+        raise CheckpointError(f"model directory not found: {directory}", "pass a folder written by save_pretrained")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing", "a saved model folder holds config.json and model.safetensors")
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})", "the file is corrupted; re-save the model") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} must hold a JSON object", "re-save the model")
+    return cfg
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing", "a saved model folder holds config.json and model.safetensors")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}", "the file is corrupted or truncated; re-save it") from None
+
+
+def from_pretrained(directory: str | os.PathLike) -> nn.Module:
+    """Rebuild the model saved in ``directory`` and load its weights (eval mode)."""
+    from .convert.official import load_state_dict_checked
+
+    cfg = read_config(directory)
+    model = build_from_config(cfg)
+    load_state_dict_checked(model, load_weights(Path(directory) / WEIGHTS_NAME), source=str(directory))
+    return model.eval()

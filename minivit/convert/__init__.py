@@ -1,0 +1,1 @@
+"""Conversions into minivit models: the authors' checkpoints and timm teachers."""
