@@ -38,7 +38,8 @@ class HeadMix(nn.Module):
 
     def forward(self, attn: Tensor) -> Tensor:
         b, h, n, m = attn.shape
-        out = torch.matmul(self.weight, attn.reshape(b, h, n * m)).reshape(b, h, n, m)
+        # a batched product with the (H, H) matrix: no transposed copies of the large attention tensor
+        out = torch.bmm(self.weight.expand(b, h, h), attn.reshape(b, h, n * m)).reshape(b, h, n, m)
         if self.bias is not None:
             out = out + self.bias.view(1, h, 1, 1)
         return out

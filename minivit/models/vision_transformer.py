@@ -53,12 +53,15 @@ class SharedAttention(nn.Module):
 
     def forward(self, x: Tensor, layer: nn.Module) -> Tensor:
         b, n, _ = x.shape
-        qkv = layer.qkv_out(self.qkv(x))
-        q, k, v = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
+        qkv = layer.qkv_out(self.qkv(x)).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if layer.rpe is None and layer.pre_mix is None and layer.post_mix is None:
+            q, k, v = qkv.unbind(0)
+            q, k = self.q_norm(q), self.k_norm(k)
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
+            # explicit attention: one copy makes q, k, v contiguous so the batched products below copy nothing
+            q, k, v = qkv.contiguous().unbind(0)
+            q, k = self.q_norm(q), self.k_norm(k)
             q = q * self.scale
             attn = q @ k.transpose(-2, -1)
             if layer.rpe is not None:
