@@ -1,0 +1,1 @@
+"""The `minivit` command line: train, compress, eval, demo (see docs/cli.md)."""

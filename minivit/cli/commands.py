@@ -1,0 +1,485 @@
+"""What the ``minivit`` commands do, as plain Python functions (the CLI only parses arguments).
+
+* :func:`run_train`: train a model from scratch (a teacher or a baseline).
+* :func:`run_compress`: multiplex a teacher into a student and distil it.
+* :func:`run_eval`: accuracy, size and latency of a saved model.
+
+A run's output folder holds ``model.safetensors`` + ``config.json`` (:func:`minivit.save_pretrained`),
+``metrics.jsonl``, ``checkpoints/`` and ``report.json``. Every input is checked before the folder
+is created, so a mistake leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from torch import nn
+
+from ..checkpoint import build_from_config, from_pretrained, model_config, save_pretrained
+from ..errors import CheckpointError, ConfigError, MinivitError
+from ..models.registry import create_model
+from ..train.data import WithTeacherLogits
+from ..train.engine import TrainConfig, evaluate, fit
+from ..train.measure import count_parameters, latency_ms, size_mb
+from ..train.state import LAST, atomic_write, load_checkpoint
+
+DISTILL_TERMS = ("logits", "attn", "hidden")
+RUN_MARKERS = ("checkpoints", "report.json", "model.safetensors", "metrics.jsonl")
+# options that change how a run is executed, not what it computes: free to change on --resume
+_EXECUTION_ONLY = ("num_workers", "checkpoint_every", "progress", "eval_batch_size")
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def parse_value(text: str):
+    """``"32"`` -> 32, ``"0.1"`` -> 0.1, ``"true"`` -> True, ``"[1,2]"``/``"(1,2)"``/``"1,2"`` -> tuple, else str."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+    return tuple(value) if isinstance(value, list) else value
+
+
+def parse_model_args(items) -> dict:
+    """``["img_size=32", "depth=4"]`` -> ``{"img_size": 32, "depth": 4}``."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"bad model argument {item!r}", "write key=value, e.g. depth=4 embed_dim=64")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def parse_distill(text: str) -> tuple[str, ...]:
+    terms = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in terms if t not in DISTILL_TERMS]
+    if bad or not terms:
+        raise ConfigError(
+            f"unknown distillation term(s) {bad or text!r}", f"use a comma list of {', '.join(DISTILL_TERMS)}"
+        )
+    return terms
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"bad layer list {text!r}", "write 0-based block indices separated by commas, e.g. 1,3"
+        ) from None
+
+
+# --------------------------------------------------------------------------- models and data
+
+
+def load_model(spec: str, model_args: dict | None = None, pretrained: bool = False) -> nn.Module:
+    """A model from a saved folder, a training checkpoint (``.pt``), a ``.safetensors`` file or a model name."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        _no_args(model_args, spec)
+        return from_pretrained(path)
+    if path.is_file():
+        _no_args(model_args, spec)
+        if path.suffix == ".safetensors":
+            return from_pretrained(path.parent)
+        state = load_checkpoint(path)
+        arch = state.get("config", {}).get("architecture")
+        if not isinstance(arch, dict):
+            raise CheckpointError(f"{path} does not say which architecture it holds", "pass the run's output folder")
+        model = build_from_config(arch)
+        weights = {k[6:]: v for k, v in state["objective"].items() if k.startswith("model.")}
+        from ..convert.official import load_state_dict_checked
+
+        return load_state_dict_checked(model, weights, source=str(path)).eval()
+    if os.sep in spec or spec.endswith((".pt", ".safetensors", ".json")):
+        raise CheckpointError(
+            f"model path not found: {spec}", "pass a saved model folder, a checkpoint or a model name"
+        )
+    try:
+        return create_model(spec, pretrained=pretrained, **(model_args or {}))
+    except MinivitError:
+        raise
+    except Exception as e:  # downloads: no network, missing weights
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(
+            f"cannot load pretrained weights for {spec!r}: {type(e).__name__}: {why}",
+            "pass a local model folder (minivit train --output DIR) instead",
+        ) from None
+
+
+def _no_args(model_args, spec):
+    if model_args:
+        raise ConfigError(f"--model-args cannot change the saved model {spec}", "drop --model-args")
+
+
+def input_spec(model: nn.Module) -> tuple[tuple[int, int], int]:
+    """``((height, width), in_chans)`` the model expects."""
+    pe = getattr(model, "patch_embed", None)
+    if pe is not None and getattr(pe, "img_size", None) is not None:
+        return tuple(pe.img_size), pe.proj.in_channels
+    size = getattr(model, "pretrained_cfg", {}).get("input_size")
+    if size:
+        return tuple(size[1:]), size[0]
+    raise ConfigError(f"cannot tell the input size of {type(model).__name__}", "use a ViT/DeiT/Swin model")
+
+
+def native_channels(data: str) -> int:
+    """Default input channels: 1 for the built-in grey datasets, 3 for image folders."""
+    from ..data import BUILTIN_DATASETS, fashion_mnist
+
+    key = str(data).strip().lower().replace("_", "-")
+    if os.sep not in str(data) and key in (*BUILTIN_DATASETS, "fmnist", "fashionmnist"):
+        return 1
+    return 1 if Path(data).is_dir() and fashion_mnist.has_fashion_mnist(Path(data)) else 3
+
+
+def load_data(data: str, img_size, in_chans: int, augment: bool = False, train_limit=None, val_limit=None):
+    from ..data import build_dataset
+
+    train = build_dataset(data, "train", img_size, in_chans, train_augment=augment, limit=train_limit)
+    val = build_dataset(data, "val", img_size, in_chans, limit=val_limit)
+    if len(train) == 0 or len(val) == 0:
+        raise ConfigError(f"dataset {data!r} has an empty {'train' if len(train) == 0 else 'val'} split")
+    return train, val
+
+
+def check_classes(model: nn.Module, train, what: str = "model") -> None:
+    n = getattr(model, "num_classes", None)
+    if n is not None and n != train.num_classes:
+        raise ConfigError(
+            f"the {what} has {n} classes but the data has {train.num_classes}",
+            f"train a {what} on this data first (minivit train), or pick data with {n} classes",
+        )
+
+
+# --------------------------------------------------------------------------- output folders
+
+
+def check_output(output, resume: bool, force: bool) -> Path:
+    """Validate ``output`` without creating it: writable, and not an existing run unless resuming/forcing."""
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file", "choose a folder")
+    existing = [m for m in RUN_MARKERS if (out / m).exists()]
+    if existing and not (resume or force):
+        raise ConfigError(
+            f"--output {out} already holds a run ({', '.join(existing)})",
+            "pass --resume to continue it, --force to overwrite it, or choose another folder",
+        )
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to {probe}", "choose a writable --output folder")
+    return out
+
+
+def write_json(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def describe(model: nn.Module, img_size, in_chans: int) -> dict:
+    return {
+        "params": count_parameters(model),
+        "size_mb": round(size_mb(model), 3),
+        "latency_ms": round(latency_ms(model, (1, in_chans, *img_size)), 3),
+    }
+
+
+def run_config(config: TrainConfig, **fields) -> dict:
+    """What defines a run's result (compared on --resume)."""
+    train = {k: v for k, v in vars(config).items() if k not in _EXECUTION_ONLY}
+    return json.loads(json.dumps({**fields, **train}, default=str))
+
+
+def _finish(model, out: Path, result: dict, report: dict, img_size, in_chans, main: bool) -> dict:
+    final = result["final"]
+    report.update(
+        model=describe(model, img_size, in_chans) if main else {},
+        val={"top1": final["val_top1"], "top5": final["val_top5"], "loss": final["val_loss"]},
+        best_top1=result["best_top1"],
+        epochs=final["epoch"],
+        train_time_s=round(sum(r["epoch_time_s"] for r in result["history"]), 2),
+    )
+    if main:
+        save_pretrained(model, out)
+        write_json(out / "report.json", report)
+    return report
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def run_train(
+    model: str,
+    data: str,
+    output,
+    config: TrainConfig,
+    model_args: dict | None = None,
+    *,
+    augment: bool = False,
+    train_limit: int | None = None,
+    val_limit: int | None = None,
+    resume: bool = False,
+    force: bool = False,
+    callbacks=(),
+    log=print,
+) -> dict:
+    """Train ``model`` (a name plus ``model_args``) from scratch on ``data``; returns the report."""
+    config.check()
+    args = dict(model_args or {})
+    in_chans = args.setdefault("in_chans", native_channels(data))
+    torch.manual_seed(config.seed)
+    net = _build_named(model, args)
+    img_size, in_chans = input_spec(net)
+    train, val = load_data(data, img_size, in_chans, augment, train_limit, val_limit)
+    if "num_classes" not in args:
+        args["num_classes"] = train.num_classes
+        torch.manual_seed(config.seed)
+        net = _build_named(model, args)
+    check_classes(net, train)
+    out = check_output(output, resume, force)
+
+    from ..distill.objective import SupervisedObjective
+
+    ls = 0.0 if (config.mixup or config.cutmix) else config.label_smoothing
+    objective = SupervisedObjective(net, label_smoothing=ls)
+    rc = run_config(
+        config,
+        command="train",
+        model=model,
+        model_args=args,
+        architecture=model_config(net),
+        data=str(data),
+        augment=augment,
+        train_limit=train_limit,
+        val_limit=val_limit,
+    )
+    result = fit(
+        objective, train, val, config, out, run_config=rc, resume=resume, force=force, callbacks=callbacks, log=log
+    )
+    report = {"command": "train", "model_name": model, "data": str(data), "classes": train.classes, "config": rc}
+    return _finish(net, out, result, report, img_size, in_chans, PartialState().is_main_process)
+
+
+def _build_named(name: str, args: dict) -> nn.Module:
+    path = Path(name).expanduser()
+    if path.exists():
+        raise ConfigError(f"--model {name} is a path", "minivit train takes a model name; to fine-tune, use compress")
+    return create_model(name, **args)
+
+
+def cache_teacher_logits(teacher: nn.Module, dataset, path: Path, batch_size: int = 256) -> torch.Tensor:
+    """Teacher logits of every training sample (no augmentation), computed once and kept in ``path``."""
+    if path.is_file():
+        logits = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(logits, torch.Tensor) and len(logits) == len(dataset):
+            return logits
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    teacher = teacher.to(device).eval()
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            items = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
+            images = torch.stack([x for x, _ in items]).to(device)
+            chunks.append(teacher(images).float().cpu())
+    logits = torch.cat(chunks)
+    if PartialState().is_main_process:
+        atomic_write(path, lambda f: torch.save(logits, f))
+    return logits
+
+
+def run_compress(
+    teacher: str,
+    data: str,
+    output,
+    config: TrainConfig,
+    *,
+    share: int | str = 2,
+    transforms: bool = True,
+    separate_norms: bool = True,
+    init: str = "first",
+    transform_init: str = "identity",
+    distill=DISTILL_TERMS,
+    alpha: float = 0.0,
+    temperature: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 4.9,
+    student_layers=None,
+    teacher_layers=None,
+    num_pairs: int | None = None,
+    hidden_loss: str = "relation",
+    teacher_args: dict | None = None,
+    cache_logits: bool = False,
+    augment: bool = False,
+    train_limit: int | None = None,
+    val_limit: int | None = None,
+    resume: bool = False,
+    force: bool = False,
+    callbacks=(),
+    log=print,
+) -> dict:
+    """Multiplex ``teacher`` at ``share`` (an int, or ``"all"`` for a single shared block) and distil it."""
+    from ..distill.hooks import num_layers
+    from ..distill.objective import DistillationObjective
+    from ..multiplex import multiplex
+
+    config.check()
+    distill = tuple(distill)
+    if cache_logits:
+        if "attn" in distill or "hidden" in distill:
+            raise ConfigError(
+                "--cache-teacher-logits needs --distill logits only",
+                "attention and hidden-state terms need the teacher's features at every step",
+            )
+        if augment or config.mixup or config.cutmix:
+            raise ConfigError("cached teacher logits are computed once without augmentation", "drop --augment/--mixup")
+    net = load_model(teacher, teacher_args, pretrained=True).eval()
+    img_size, in_chans = input_spec(net)
+    train, val = load_data(data, img_size, in_chans, augment, train_limit, val_limit)
+    check_classes(net, train, "teacher")
+    depth = num_layers(net)
+    if share == "all":
+        share = depth
+    torch.manual_seed(config.seed)
+    student = multiplex(
+        net, share=share, transforms=transforms, separate_norms=separate_norms, init=init, transform_init=transform_init
+    )
+    weights = dict(
+        alpha=alpha,
+        temperature=temperature,
+        logits="logits" in distill,
+        beta=beta if "attn" in distill else 0.0,
+        gamma=gamma if "hidden" in distill else 0.0,
+    )
+    objective = DistillationObjective(
+        student,
+        net,
+        **weights,
+        student_layers=student_layers,
+        teacher_layers=teacher_layers,
+        num_pairs=num_pairs,
+        hidden=hidden_loss,
+        label_smoothing=0.0 if (config.mixup or config.cutmix) else config.label_smoothing,
+    )
+    out = check_output(output, resume, force)
+    rc = run_config(
+        config,
+        command="compress",
+        teacher=str(teacher),
+        architecture=model_config(student),
+        data=str(data),
+        share=share,
+        transforms=transforms,
+        separate_norms=separate_norms,
+        init=init,
+        transform_init=transform_init,
+        distill=list(distill),
+        **weights,
+        layer_pairs=objective.pairs,
+        hidden_loss=hidden_loss,
+        cache_teacher_logits=cache_logits,
+        augment=augment,
+        train_limit=train_limit,
+        val_limit=val_limit,
+    )
+    main = PartialState().is_main_process
+    t0 = time.perf_counter()
+    teacher_info = {"source": str(teacher), "depth": depth}
+    if main:
+        teacher_info.update(describe(net, img_size, in_chans))
+        teacher_info.update(evaluate(net, val, config.eval_batch_size or config.batch_size))
+        log(
+            f"teacher: {teacher_info['params']:,} params, val top-1 {teacher_info['top1']:.2f}; "
+            f"student (share {share}): {count_parameters(student):,} params, "
+            f"{len(objective.pairs)} layer pair(s) {objective.pairs}"
+        )
+    train_set = train
+    if cache_logits:
+        train_set = WithTeacherLogits(
+            train, cache_teacher_logits(net, train, out / "checkpoints" / "teacher_logits.pt")
+        )
+    try:
+        result = fit(
+            objective,
+            train_set,
+            val,
+            config,
+            out,
+            run_config=rc,
+            resume=resume,
+            force=force,
+            callbacks=callbacks,
+            log=log,
+        )
+    finally:
+        objective.remove_hooks()
+    report = {"command": "compress", "data": str(data), "classes": train.classes, "config": rc, "teacher": teacher_info}
+    report = _finish(student, out, result, report, img_size, in_chans, main)
+    if main:
+        report["compression"] = {
+            "params_ratio": round(teacher_info["params"] / report["model"]["params"], 3),
+            "top1_drop": round(teacher_info["top1"] - report["val"]["top1"], 3),
+        }
+        report["setup_time_s"] = round(time.perf_counter() - t0 - report["train_time_s"], 2)
+        write_json(out / "report.json", report)
+    return report
+
+
+def run_eval(
+    model: str, data: str, batch_size: int = 256, val_limit: int | None = None, latency_runs: int = 30
+) -> dict:
+    """Top-1/top-5 on the validation split, unique parameters, MB and single-image latency."""
+    net = load_model(model).eval()
+    img_size, in_chans = input_spec(net)
+    from ..data import build_dataset
+
+    val = build_dataset(data, "val", img_size, in_chans, limit=val_limit)
+    if len(val) == 0:
+        raise ConfigError(f"dataset {data!r} has an empty val split")
+    check_classes(net, val)
+    metrics = evaluate(net, val, batch_size)
+    return {
+        "model": str(model),
+        "data": str(data),
+        "samples": len(val),
+        "top1": metrics["top1"],
+        "top5": metrics["top5"],
+        "loss": metrics["loss"],
+        "params": count_parameters(net),
+        "size_mb": round(size_mb(net), 3),
+        "latency_ms": round(latency_ms(net, (1, in_chans, *img_size), runs=latency_runs), 3),
+        "img_size": list(img_size),
+        "in_chans": in_chans,
+    }
+
+
+__all__ = [
+    "LAST",
+    "cache_teacher_logits",
+    "load_model",
+    "parse_model_args",
+    "parse_value",
+    "run_compress",
+    "run_eval",
+    "run_train",
+]
