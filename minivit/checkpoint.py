@@ -36,6 +36,7 @@ def model_config(model: nn.Module) -> dict:
     """The JSON-able description that :func:`build_from_config` turns back into ``model``."""
     from timm.models.vision_transformer import VisionTransformer
 
+    from .models.swin import MultiplexedSwinTransformer
     from .models.vision_transformer import MultiplexedVisionTransformer
 
     cfg = getattr(model, "minivit_config", None)
@@ -43,8 +44,8 @@ def model_config(model: nn.Module) -> dict:
         cfg = dict(cfg)
     elif isinstance(model, MultiplexedVisionTransformer):
         cfg = {"family": "multiplexed_vit", "model_args": dict(model.init_args)}
-    elif hasattr(model, "minivit_swin_args"):
-        cfg = {"family": "multiplexed_swin", "model_args": dict(model.minivit_swin_args)}
+    elif isinstance(model, MultiplexedSwinTransformer):
+        cfg = {"family": "multiplexed_swin", "model_args": dict(model.init_args)}
     elif isinstance(model, VisionTransformer):
         from .convert.timm_vit import describe_vit
 
