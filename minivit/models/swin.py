@@ -168,7 +168,7 @@ def _mix_heads(mix: HeadMix, attn: Tensor) -> Tensor:
     b, h, n, m = attn.shape
     flat = attn.reshape(b, h, n * m)
     if mix.bias is None:
-        return torch.matmul(mix.weight, flat).view(b, h, n, m)
+        return torch.bmm(mix.weight.expand(b, h, h), flat).view(b, h, n, m)
     return torch.baddbmm(mix.bias.view(1, h, 1), mix.weight.expand(b, h, h), flat).view(b, h, n, m)
 
 
@@ -214,7 +214,8 @@ class SharedWindowAttention(nn.Module):
             h = self.num_heads
             attn = (q * self.scale) @ k.transpose(-2, -1)
             if layer.pre_mix is not None:
-                attn = torch.matmul(layer.pre_mix.weight, attn.reshape(b, h, n * n)).view(b, h, n, n)
+                w = layer.pre_mix.weight.expand(b, h, h)  # bmm: matmul with an (H, H) matrix transposes copies
+                attn = torch.bmm(w, attn.reshape(b, h, n * n)).view(b, h, n, n)
                 bias = layer.pre_mix(bias)
             if mask is not None:
                 nw = mask.shape[0]
