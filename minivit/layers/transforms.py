@@ -38,11 +38,12 @@ class HeadMix(nn.Module):
 
     def forward(self, attn: Tensor) -> Tensor:
         b, h, n, m = attn.shape
-        # a batched product with the (H, H) matrix: no transposed copies of the large attention tensor
-        out = torch.bmm(self.weight.expand(b, h, h), attn.reshape(b, h, n * m)).reshape(b, h, n, m)
-        if self.bias is not None:
-            out = out + self.bias.view(1, h, 1, 1)
-        return out
+        # a batched product with the (H, H) matrix (bias fused in): no transposed copies of the large
+        # attention tensor, which a broadcast matmul would make
+        flat = attn.reshape(b, h, n * m)
+        if self.bias is None:
+            return torch.bmm(self.weight.expand(b, h, h), flat).view(b, h, n, m)
+        return torch.baddbmm(self.bias.view(1, h, 1), self.weight.expand(b, h, h), flat).view(b, h, n, m)
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, bias={self.bias is not None}"

@@ -163,15 +163,6 @@ def shifted_window_mask(resolution, window, shift) -> Tensor | None:
 # --------------------------------------------------------------------------- the multiplexed block
 
 
-def _mix_heads(mix: HeadMix, attn: Tensor) -> Tensor:
-    """``mix(attn)`` with the bias add fused into the batched matmul."""
-    b, h, n, m = attn.shape
-    flat = attn.reshape(b, h, n * m)
-    if mix.bias is None:
-        return torch.bmm(mix.weight.expand(b, h, h), flat).view(b, h, n, m)
-    return torch.baddbmm(mix.bias.view(1, h, 1), mix.weight.expand(b, h, h), flat).view(b, h, n, m)
-
-
 class SharedWindowAttention(nn.Module):
     """Window attention whose qkv, proj and relative-position-bias table a group shares."""
 
@@ -224,7 +215,7 @@ class SharedWindowAttention(nn.Module):
                 attn = attn + bias
             attn = attn.softmax(dim=-1)
             if layer.post_mix is not None:
-                attn = _mix_heads(layer.post_mix, attn)
+                attn = layer.post_mix(attn)
             x = self.attn_drop(attn) @ v
         x = x.transpose(1, 2).reshape(b, n, -1)
         return self.proj_drop(self.proj(x))
