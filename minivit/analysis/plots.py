@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 
 from minivit.errors import MinivitError
@@ -102,6 +103,7 @@ def plot_lines(
         raise MinivitError("plot_lines needs at least one series")
     fig = _new_figure((6.4, 4.2))
     ax = fig.add_subplot()
+    integer_x = True
     for name, data in series.items():
         if isinstance(data, tuple) and len(data) == 2 and all(np.ndim(d) == 1 for d in data):
             xs = _as_1d(data[0], f"x values of series {name!r}")
@@ -112,8 +114,11 @@ def plot_lines(
         else:
             ys = _as_1d(data, f"series {name!r}")
             xs = np.arange(len(ys))
+        integer_x = integer_x and bool(np.all(np.mod(xs, 1) == 0))
         marker = "o" if len(ys) <= _MARKER_MAX_POINTS else None
         ax.plot(xs, ys, marker=marker, markersize=4, linewidth=1.6, label=str(name))
+    if integer_x:  # layers, epochs, steps: no fractional ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if logy:
         ax.set_yscale("log")
     if ylim is not None:
