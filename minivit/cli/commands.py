@@ -25,7 +25,7 @@ from ..checkpoint import build_from_config, from_pretrained, model_config, save_
 from ..errors import CheckpointError, ConfigError, MinivitError
 from ..models.registry import create_model
 from ..train.data import WithTeacherLogits
-from ..train.engine import TrainConfig, evaluate, fit
+from ..train.engine import TrainConfig, evaluate, fit, say
 from ..train.measure import count_parameters, latency_ms, size_mb
 from ..train.state import LAST, atomic_write, load_checkpoint
 
@@ -242,7 +242,7 @@ def run_train(
     resume: bool = False,
     force: bool = False,
     callbacks=(),
-    log=print,
+    log=say,
 ) -> dict:
     """Train ``model`` (a name plus ``model_args``) from scratch on ``data``; returns the report."""
     config.check()
@@ -336,7 +336,7 @@ def run_compress(
     resume: bool = False,
     force: bool = False,
     callbacks=(),
-    log=print,
+    log=say,
 ) -> dict:
     """Multiplex ``teacher`` at ``share`` (an int, or ``"all"`` for a single shared block) and distil it."""
     from ..distill.hooks import num_layers

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..train.engine import TrainConfig
+from ..train.engine import TrainConfig, say
 from .commands import RUN_MARKERS, run_compress, run_eval, run_train, write_json
 
 # Sizes chosen so that the whole demo takes a few minutes on 2 CPU cores (see docs/cli.md).
@@ -66,7 +66,7 @@ def table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def run_demo(output="runs/demo", data: str | None = None, resume: bool = False, progress: bool = True, log=print):
+def run_demo(output="runs/demo", data: str | None = None, resume: bool = False, progress: bool = True, log=say):
     from ..data import default_dataset
 
     start = time.perf_counter()

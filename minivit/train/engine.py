@@ -52,6 +52,11 @@ from .state import LAST, atomic_write, load_checkpoint, rng_state, save_checkpoi
 __all__ = ["TrainConfig", "StepContext", "TrainingError", "fit", "evaluate", "config_diff"]
 
 
+def say(message: str) -> None:
+    """The default log: a line on stdout, flushed (progress stays visible when stdout is a file)."""
+    print(message, flush=True)
+
+
 class TrainingError(MinivitError):
     """Training cannot go on (loss not finite); the last good checkpoint is kept."""
 
@@ -221,7 +226,7 @@ def fit(
     resume: bool = False,
     force: bool = False,
     callbacks: Sequence[Callback] = (),
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = say,
 ) -> dict:
     """Train ``objective`` and return ``{"history": [per-epoch records], "final": ..., "best_top1": ...}``.
 
@@ -253,9 +258,9 @@ def fit(
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=bool(unused))] if world > 1 else []
     accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=handlers)
     rank, device, main = accelerator.process_index, accelerator.device, accelerator.is_main_process
-    say = log if (log is not None and main) else (lambda _msg: None)
+    note = log if (log is not None and main) else (lambda _msg: None)
     if unused:
-        say(f"note: {len(unused)} parameters get no gradient (e.g. {unused[0]}); DDP finds unused parameters")
+        note(f"note: {len(unused)} parameters get no gradient (e.g. {unused[0]}); DDP finds unused parameters")
 
     # -- data: order and augmentation depend on (seed, epoch, step, rank) only
     mixup_fn = None
@@ -321,7 +326,7 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         if accelerator.scaler is not None and state.get("scaler") is not None:
             accelerator.scaler.load_state_dict(state["scaler"])
-        say(f"resumed from {ckpt_dir / LAST}: epoch {start_epoch + 1}, batch {skip}, step {step}")
+        note(f"resumed from {ckpt_dir / LAST}: epoch {start_epoch + 1}, batch {skip}, step {step}")
     if state is not None and state["world_size"] == world:
         set_rng_state(state["rng"][rank])
     else:
@@ -391,14 +396,14 @@ def fit(
                     if world > 1:
                         bad = accelerator.reduce(bad.float(), "sum") > 0
                     if bad:
-                        values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                         raise TrainingError(
                             f"loss is not finite at epoch {epoch + 1}, step {step + 1} ({values}); training stopped, "
                             f"the last good checkpoint is kept in {ckpt_dir}",
                             "lower --lr or set --clip-grad",
                         )
                     accelerator.backward(loss / group)
-                values = {k: float(v) for k, v in terms.items()}
+                values = {k: float(v.detach()) for k, v in terms.items()}
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v * len(batch[0])
                 seen += len(batch[0])
@@ -453,7 +458,7 @@ def fit(
                             writer.add_scalar(k, v, epoch + 1)
                     writer.flush()
             terms_text = " ".join(f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("train_"))
-            say(
+            note(
                 f"epoch {epoch + 1}/{cfg.epochs}  {terms_text}  val top-1 {val['top1']:.2f} top-5 {val['top5']:.2f}"
                 f"  {record['img_per_s']:.0f} img/s  {record['epoch_time_s']:.1f} s"
             )
