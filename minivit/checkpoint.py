@@ -120,7 +120,10 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: dict 
     try:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
         for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)  # ordinary file permissions, not the temp folder's private ones
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         directory.mkdir(parents=True, exist_ok=True)
