@@ -79,7 +79,7 @@ def test_default_weights_and_mapping():
     student, teacher = pair(depth=4)
     obj = DistillationObjective(student, teacher)
     assert (obj.alpha, obj.temperature, obj.beta, obj.gamma) == (0.0, 1.0, 1.0, pytest.approx(4.9))
-    assert obj.pairs == [(1, 1), (3, 3)]  # every other layer, last layers paired
+    assert obj.pairs == [(3, 3)]  # the last blocks
     out = obj((torch.randn(2, 1, 8, 8), torch.tensor([1, 2])))
     assert set(out) == {"loss", "kd", "attn", "hidden"}
 

@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from torch import nn
 
 from ..checkpoint import build_from_config, from_pretrained, model_config, save_pretrained
 from ..errors import CheckpointError, ConfigError, MinivitError
 from ..models.registry import create_model
 from ..train.data import WithTeacherLogits
-from ..train.engine import TrainConfig, evaluate, fit, say
+from ..train.engine import TrainConfig, evaluate, fit, processes, say
 from ..train.measure import count_parameters, latency_ms, size_mb
 from ..train.state import LAST, atomic_write, load_checkpoint
 
@@ -278,7 +277,7 @@ def run_train(
         objective, train, val, config, out, run_config=rc, resume=resume, force=force, callbacks=callbacks, log=log
     )
     report = {"command": "train", "model_name": model, "data": str(data), "classes": train.classes, "config": rc}
-    return _finish(net, out, result, report, img_size, in_chans, PartialState().is_main_process)
+    return _finish(net, out, result, report, img_size, in_chans, processes().is_main_process)
 
 
 def _build_named(name: str, args: dict) -> nn.Module:
@@ -303,7 +302,7 @@ def cache_teacher_logits(teacher: nn.Module, dataset, path: Path, batch_size: in
             images = torch.stack([x for x, _ in items]).to(device)
             chunks.append(teacher(images).float().cpu())
     logits = torch.cat(chunks)
-    if PartialState().is_main_process:
+    if processes().is_main_process:
         atomic_write(path, lambda f: torch.save(logits, f))
     return logits
 
@@ -402,7 +401,7 @@ def run_compress(
         train_limit=train_limit,
         val_limit=val_limit,
     )
-    main = PartialState().is_main_process
+    main = processes().is_main_process
     t0 = time.perf_counter()
     teacher_info = {"source": str(teacher), "depth": depth}
     if main:

@@ -121,7 +121,7 @@ def build_parser() -> Parser:
     p.add_argument("--beta", type=float, default=1.0, help="attention-relation weight (default 1)")
     p.add_argument("--gamma", type=float, default=4.9, help="hidden-relation weight (default 4.9 = 0.1 x 49)")
     p.add_argument("--hidden-loss", choices=("relation", "projection"), default="relation")
-    p.add_argument("--layers-student", help="student blocks to distil, e.g. 1,3 (default: every other, last paired)")
+    p.add_argument("--layers-student", help="student blocks to distil, e.g. 1,3 (default: the last one)")
     p.add_argument("--layers-teacher", help="teacher blocks paired with them")
     p.add_argument("--num-pairs", type=_positive_int, help="number of evenly spread layer pairs")
     p.add_argument(
@@ -189,6 +189,14 @@ def _summary(report: dict) -> str:
     return text
 
 
+def _print_main(report: dict) -> None:
+    """The summary line, once (by the main process of a multi-process run)."""
+    from ..train.engine import processes
+
+    if processes().is_main_process:
+        print(_summary(report), flush=True)
+
+
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -210,7 +218,7 @@ def run(argv: list[str] | None = None) -> int:
             resume=a.resume,
             force=a.force,
         )
-        print(_summary(report))
+        _print_main(report)
     elif a.command == "compress":
         report = commands.run_compress(
             a.teacher,
@@ -239,7 +247,7 @@ def run(argv: list[str] | None = None) -> int:
             resume=a.resume,
             force=a.force,
         )
-        print(_summary(report))
+        _print_main(report)
     elif a.command == "eval":
         r = commands.run_eval(a.model, a.data, a.batch_size, a.val_limit)
         if a.json:

@@ -33,7 +33,6 @@ from ..errors import ConfigError
 from .hooks import FeatureCapture, num_layers
 from .losses import (
     HiddenProjectionMSE,
-    attention_relation_loss,
     hard_cross_entropy,
     hidden_relation_loss,
     soft_cross_entropy,
@@ -86,8 +85,9 @@ class DistillationObjective(nn.Module):
             authors' 0.1 times their factor 49 (see :data:`HIDDEN_RELATION_SCALE`).
         logits: include the soft-CE term at all (``False``: ``alpha * CE`` only on the logits).
         student_layers, teacher_layers, num_pairs: the layer mapping of the feature terms, see
-            :func:`~minivit.distill.mapping.layer_mapping`. Default: every other layer, last layers
-            always paired (the authors' 6 of 12 layers), i.e. ``num_pairs = min(depths) // 2``.
+            :func:`~minivit.distill.mapping.layer_mapping`. Default: one pair, the last block of each
+            model (as MiniLMv2; each pair adds about 0.3x a plain student step on CPU). The authors'
+            Mini-Swin-T from Swin-B used student ``[1, 3, 5, 7, 9, 11]``, teacher ``[1, 3, 9, 15, 21, 23]``.
         num_relation_heads: relation heads Ar of the attention relation loss (official default 1).
         hidden: ``"relation"`` (Gram-matrix MSE, the paper) or ``"projection"`` (MSE after a learned
             linear projection of the student states; its weights are trained with the student).
@@ -143,7 +143,7 @@ class DistillationObjective(nn.Module):
         if self.beta > 0 or self.gamma > 0:
             n_s, n_t = num_layers(student), num_layers(teacher)
             if num_pairs is None and student_layers is None and teacher_layers is None:
-                num_pairs = max(1, min(n_s, n_t) // 2)
+                num_pairs = 1  # the last blocks (MiniLMv2); the authors' Mini-Swin used 6 of 12: pass lists
             self.pairs = layer_mapping(n_s, n_t, num_pairs, student_layers, teacher_layers)
             s_idx, t_idx = [s for s, _ in self.pairs], [t for _, t in self.pairs]
             want = dict(qkv=self.beta > 0, hidden=self.gamma > 0)
@@ -190,7 +190,7 @@ class DistillationObjective(nn.Module):
         if self.kd_weight > 0:
             terms["kd"] = self.kd_weight * soft_cross_entropy(student_logits, teacher_logits, self.temperature)
         if self.beta > 0:
-            terms["attn"] = self.beta * attention_relation_loss(
+            terms["attn"] = self.beta * relation_loss_gram(
                 self.student_features.qkv, self.teacher_features.qkv, self.num_relation_heads
             )
         if self.gamma > 0:
@@ -201,6 +201,32 @@ class DistillationObjective(nn.Module):
             c.clear()  # do not keep activations alive until the next step
         loss = sum(terms.values())
         return {"loss": loss, **{k: v.detach() for k, v in terms.items()}}
+
+
+def relation_loss_gram(student_qkv, teacher_qkv, num_relation_heads: int = 1) -> Tensor:
+    """:func:`~minivit.distill.losses.attention_relation_loss`, computed with one matrix product per model.
+
+    The 9 relations ``I Jᵀ / sqrt(d)`` of (I, J) in {Q, K, V} are the 9 N x N blocks of the Gram matrix of
+    the tokens of Q, K and V stacked along the token axis, so one (3N x 3N) product replaces 9 small ones
+    (twice as fast on CPU, same value; tests compare the two). Inputs are assumed valid (they come from
+    :class:`FeatureCapture`); use the public function for checked arguments.
+    """
+    ar, total = num_relation_heads, 0.0
+    for s_trip, t_trip in zip(student_qkv, teacher_qkv, strict=True):
+        with torch.autocast(s_trip[0].device.type, enabled=False):
+            r_s = _relations(torch.cat(s_trip, dim=1).float(), ar)
+            r_t = _relations(torch.cat(t_trip, dim=1).detach().float(), ar)
+            total = total + soft_cross_entropy(r_s, r_t)  # mean over (B, Ar, 3, N) rows = sum of 9 pairs / 9
+    return total / len(student_qkv)
+
+
+def _relations(x: Tensor, heads: int) -> Tensor:
+    """(B, 3N, C) -> (B, heads, 3, N, 3, N): ``[..., i, :, j, :]`` is ``I Jᵀ / sqrt(C / heads)``."""
+    b, n3, c = x.shape
+    d = c // heads
+    x = x.reshape(b, n3, heads, d).transpose(1, 2)
+    gram = torch.matmul(x, x.transpose(-1, -2)) * d**-0.5
+    return gram.reshape(b, heads, 3, n3 // 3, 3, n3 // 3)
 
 
 def _width(model: nn.Module) -> int:

@@ -52,6 +52,11 @@ from .state import LAST, atomic_write, load_checkpoint, rng_state, save_checkpoi
 __all__ = ["TrainConfig", "StepContext", "TrainingError", "fit", "evaluate", "config_diff"]
 
 
+def processes() -> PartialState:
+    """This process's view of the run (rank, world size, device); CPU-only machines run DDP over gloo."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def say(message: str) -> None:
     """The default log: a line on stdout, flushed (progress stays visible when stdout is a file)."""
     print(message, flush=True)
@@ -243,8 +248,8 @@ def fit(
         raise ConfigError("the training and validation sets must not be empty")
 
     # -- processes, devices, precision
-    processes = PartialState()
-    world = processes.num_processes
+    proc = processes()
+    world = proc.num_processes
     mixed = cfg.mixed_precision
     if mixed != "no" and not torch.cuda.is_available():
         warnings.warn(f"mixed precision {mixed} needs a GPU; training in float32 on CPU", stacklevel=2)
@@ -253,10 +258,10 @@ def fit(
     probe = DataLoader(SeededBatches(train_set), batch_sampler=[[0, min(1, len(train_set) - 1)]], **loader_kwargs)
     unused = []
     if world > 1:
-        objective.to(processes.device)
-        unused = _unused_parameters(objective, [t.to(processes.device) for t in next(iter(probe))])
+        objective.to(proc.device)
+        unused = _unused_parameters(objective, [t.to(proc.device) for t in next(iter(probe))])
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=bool(unused))] if world > 1 else []
-    accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=handlers)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(), kwargs_handlers=handlers)
     rank, device, main = accelerator.process_index, accelerator.device, accelerator.is_main_process
     note = log if (log is not None and main) else (lambda _msg: None)
     if unused:

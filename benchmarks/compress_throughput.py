@@ -1,0 +1,89 @@
+"""Training throughput of `compress` vs plain training of the same student (CPU, same batch).
+
+    python benchmarks/compress_throughput.py [--steps 30] [--batch-size 128] [--threads 2]
+
+One optimizer step (forward, backward, AdamW) of a share-2 student, timed for:
+
+* plain: cross-entropy on labels (what `minivit train` does for the student architecture);
+* compress: teacher forward + student + soft CE + attention relation + hidden relation (the default);
+* compress, logits only, live teacher;
+* compress, cached teacher logits (`--cache-teacher-logits`: the teacher never runs).
+
+The variants run in interleaved rounds so that a busy machine slows them alike; the medians over
+steps are compared. Targets: compress <= 1.6x and cached logits <= 1.15x the plain step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import minivit
+from minivit.distill.objective import DistillationObjective, SupervisedObjective
+
+PRESETS = {  # the demo's Fashion-MNIST model, and a DeiT-Tiny-like model at 32 px
+    "demo": dict(img_size=28, patch_size=7, in_chans=1, depth=4, embed_dim=64, num_heads=4, mlp_ratio=2.0),
+    "tiny32": dict(img_size=32, patch_size=4, in_chans=3, depth=6, embed_dim=96, num_heads=3),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=PRESETS, default="demo")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per variant (after 3 warm-up steps)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    args = PRESETS[a.preset]
+    torch.manual_seed(0)
+    teacher = minivit.create_model("vit_small_patch16_224", num_classes=10, **args).eval()
+    student = minivit.multiplex(teacher, share=2)
+    x = torch.randn(a.batch_size, args["in_chans"], args["img_size"], args["img_size"])
+    y = torch.randint(0, 10, (a.batch_size,))
+    with torch.no_grad():
+        cached = teacher(x)
+
+    variants = {  # name: (objective factory, batch); objectives are rebuilt per step so only one holds hooks
+        "plain": (lambda: SupervisedObjective(student), (x, y)),
+        "compress": (lambda: DistillationObjective(student, teacher), (x, y)),
+        "compress 2 pairs": (lambda: DistillationObjective(student, teacher, num_pairs=2), (x, y)),
+        "logits only": (lambda: DistillationObjective(student, teacher, beta=0, gamma=0), (x, y)),
+        "cached logits": (lambda: DistillationObjective(student, teacher, beta=0, gamma=0), (x, y, cached)),
+    }
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    probe = DistillationObjective(student, teacher)
+    pairs = probe.pairs
+    probe.remove_hooks()
+
+    times = {name: [] for name in variants}
+    for step in range(a.steps + 3):
+        for name, (make, batch) in variants.items():
+            obj = make()
+            start = time.perf_counter()
+            obj(batch)["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step >= 3:
+                times[name].append(time.perf_counter() - start)
+            if hasattr(obj, "remove_hooks"):
+                obj.remove_hooks()
+
+    print(f"preset {a.preset} {args}, batch {a.batch_size}, {torch.get_num_threads()} threads, {a.steps} steps")
+    print(f"student {minivit.layers.multiplex.unique_parameter_count(student):,} params (share 2), layer pairs {pairs}")
+    base = statistics.median(times["plain"])
+    targets = {"compress": 1.6, "cached logits": 1.15}
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        target = f"  (target <= {targets[name]}x)" if name in targets else ""
+        print(
+            f"{name:14s} {1000 * med:8.1f} ms/step  {a.batch_size / med:7.0f} img/s  {med / base:5.2f}x plain{target}"
+        )
+
+
+if __name__ == "__main__":
+    main()
