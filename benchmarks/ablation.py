@@ -20,8 +20,8 @@ Outputs (``--out``, default ``benchmarks/results``): ``ablation.json``
 (``{"rows": [...], "command": ..., "config": ...}``), ``ablation.md``, ``ablation.png`` (top-1 vs
 params), and the gradient-norm and CKA pictures for rows 2 and 5.
 
-    python benchmarks/ablation.py            # the full run: 30k train / 10k val images, under an hour on 2 cores
-    python benchmarks/ablation.py --train-limit 0   # all 60k training images (about twice as long)
+    python benchmarks/ablation.py            # the full run: 20k train / 10k val images, about 30-45 min on 2 cores
+    python benchmarks/ablation.py --train-limit 0   # all 60k training images (about three times as long)
     python benchmarks/ablation.py --quick    # a smoke test in under 3 minutes
 """
 
@@ -193,8 +193,8 @@ def main(argv=None) -> None:
     p.add_argument("--img-size", type=int, default=28)
     p.add_argument("--patch-size", type=int, default=7)
     p.add_argument("--depth", type=int, default=8)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--width", type=int, default=48)
+    p.add_argument("--heads", type=int, default=3)
     p.add_argument("--teacher-epochs", type=int, default=4)
     p.add_argument("--epochs", type=int, default=2, help="epochs of every student")
     p.add_argument("--batch-size", type=int, default=128)
@@ -202,7 +202,7 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=float, default=0.2)
     p.add_argument("--gamma", type=float, default=4.9, help="hidden-relation weight")
     p.add_argument("--pairs", type=int, default=None, help="distilled layer pairs (default depth/4, last layers)")
-    p.add_argument("--train-limit", type=int, default=30000, help="training images (stratified; 0: all 60k)")
+    p.add_argument("--train-limit", type=int, default=20000, help="training images (stratified; 0: all 60k)")
     p.add_argument("--val-limit", type=int, default=None)
     p.add_argument("--grad-norm-every", type=int, default=20)
     p.add_argument("--cka-batches", type=int, default=8)
