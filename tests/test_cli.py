@@ -100,7 +100,7 @@ def test_cached_teacher_logits(capsys, teacher_dir, tmp_path):
     code, _, err = cli(capsys, "compress", "--teacher", teacher_dir, "--distill", "logits", "--cache-teacher-logits",
                        "--data", "digits", "--epochs", "1", "--output", out, *FAST)  # fmt: skip
     assert code == 0, err
-    assert torch.load(out / "checkpoints" / "teacher_logits.pt").shape == (320, 10)
+    assert torch.load(out / "checkpoints" / "teacher_logits.pt")["logits"].shape == (320, 10)
     code, _, err = cli(capsys, "compress", "--teacher", teacher_dir, "--cache-teacher-logits", "--data", "digits",
                        "--epochs", "1", "--output", tmp_path / "x", *FAST)  # fmt: skip
     assert_one_line_error(code, err, "--distill logits only")

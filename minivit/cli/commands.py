@@ -287,12 +287,16 @@ def _build_named(name: str, args: dict) -> nn.Module:
     return create_model(name, **args)
 
 
-def cache_teacher_logits(teacher: nn.Module, dataset, path: Path, batch_size: int = 256) -> torch.Tensor:
-    """Teacher logits of every training sample (no augmentation), computed once and kept in ``path``."""
+def cache_teacher_logits(teacher: nn.Module, dataset, path: Path, key: dict, batch_size: int = 256) -> torch.Tensor:
+    """Teacher logits of every training sample (no augmentation), computed once and kept in ``path``.
+
+    ``key`` (JSON-able: teacher, data, subset) is stored with them; a cache made for another key is recomputed.
+    """
+    key = json.loads(json.dumps(key, default=str))
     if path.is_file():
-        logits = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(logits, torch.Tensor) and len(logits) == len(dataset):
-            return logits
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(cached, dict) and cached.get("key") == json.dumps(key, sort_keys=True):
+            return cached["logits"]
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     teacher = teacher.to(device).eval()
     chunks = []
@@ -302,8 +306,10 @@ def cache_teacher_logits(teacher: nn.Module, dataset, path: Path, batch_size: in
             images = torch.stack([x for x, _ in items]).to(device)
             chunks.append(teacher(images).float().cpu())
     logits = torch.cat(chunks)
+    teacher.cpu()
     if processes().is_main_process:
-        atomic_write(path, lambda f: torch.save(logits, f))
+        payload = {"key": json.dumps(key, sort_keys=True), "logits": logits}
+        atomic_write(path, lambda f: torch.save(payload, f))
     return logits
 
 
@@ -448,7 +454,7 @@ def run_eval(
     model: str, data: str, batch_size: int = 256, val_limit: int | None = None, latency_runs: int = 30
 ) -> dict:
     """Top-1/top-5 on the validation split, unique parameters, MB and single-image latency."""
-    net = load_model(model).eval()
+    net = load_model(model, pretrained=True).eval()
     img_size, in_chans = input_spec(net)
     from ..data import build_dataset
 

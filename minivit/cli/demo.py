@@ -21,11 +21,11 @@ from .commands import RUN_MARKERS, run_compress, run_eval, run_train, write_json
 # Sizes chosen so that the whole demo takes a few minutes on 2 CPU cores (see docs/cli.md).
 SETTINGS = {
     "fashion-mnist": dict(
-        model_args=dict(img_size=28, patch_size=4, depth=4, embed_dim=64, num_heads=4, mlp_ratio=2.0),
-        train_limit=10000,
-        val_limit=5000,
+        model_args=dict(img_size=28, patch_size=7, depth=4, embed_dim=64, num_heads=4, mlp_ratio=2.0),
+        train_limit=30000,
+        val_limit=None,
         teacher=dict(epochs=5, lr=2e-3, warmup_epochs=0.5),
-        student=dict(epochs=2, lr=5e-4, warmup_epochs=0.2),
+        student=dict(epochs=3, lr=2e-3, warmup_epochs=0.2),
         batch_size=128,
     ),
     "digits": dict(
@@ -33,7 +33,7 @@ SETTINGS = {
         train_limit=None,
         val_limit=None,
         teacher=dict(epochs=30, lr=2e-3, warmup_epochs=2),
-        student=dict(epochs=10, lr=5e-4, warmup_epochs=1),
+        student=dict(epochs=10, lr=2e-3, warmup_epochs=1),
         batch_size=64,
     ),
 }

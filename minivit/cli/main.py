@@ -270,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     except MinivitError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         code = 2
+    except OSError as e:  # the environment, not the input: disk full, permissions, ...
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         code = 130
