@@ -420,9 +420,10 @@ def run_compress(
         )
     train_set = train
     if cache_logits:
-        train_set = WithTeacherLogits(
-            train, cache_teacher_logits(net, train, out / "checkpoints" / "teacher_logits.pt")
-        )
+        key = {k: rc[k] for k in ("teacher", "data", "train_limit", "augment")}
+        key["teacher_weights"] = float(sum(p.double().sum() for p in net.parameters()))
+        logits = cache_teacher_logits(net, train, out / "checkpoints" / "teacher_logits.pt", key)
+        train_set = WithTeacherLogits(train, logits)
     try:
         result = fit(
             objective,
