@@ -19,7 +19,10 @@ import torch
 
 import minivit  # noqa: F401  (registers mini_deit_*)
 
-PAIRS = [("deit_tiny_patch16_224", "mini_deit_tiny_patch16_224"), ("deit_small_patch16_224", "mini_deit_small_patch16_224")]
+PAIRS = [
+    ("deit_tiny_patch16_224", "mini_deit_tiny_patch16_224"),
+    ("deit_small_patch16_224", "mini_deit_small_patch16_224"),
+]
 
 
 def state_dict_bytes(model: torch.nn.Module) -> int:

@@ -107,6 +107,7 @@ class GradNormRecorder:
 
     def write_jsonl(self, path: str | os.PathLike) -> Path:
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
             for row in self.history:
                 f.write(json.dumps(row) + "\n")
@@ -165,3 +166,24 @@ def plot_grad_norms(runs: dict[str, str | os.PathLike], out_dir: str | os.PathLi
         ),
     )
     return written
+
+
+class GradNormLogger:
+    """A training-engine callback: records every ``every`` steps and appends to ``path`` (JSON lines).
+
+    The engine calls it after backward; it collects the step it armed and arms the next recorded
+    step, so only recorded steps pay for the per-layer split.
+    """
+
+    def __init__(self, path: str | os.PathLike, every: int = 10):
+        self.path = Path(path)
+        self.every = every
+        self.recorder: GradNormRecorder | None = None
+
+    def __call__(self, ctx) -> None:
+        if self.recorder is None:  # first call: the model exists now; this step was not armed
+            self.recorder = GradNormRecorder(ctx.model, self.every)
+        elif self.recorder.collect(ctx.step) is not None and ctx.accelerator.is_main_process:
+            self.recorder.write_jsonl(self.path)
+        self.recorder.history.clear()
+        self.recorder.arm(ctx.step + 1)

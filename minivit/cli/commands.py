@@ -479,6 +479,35 @@ def run_eval(
     }
 
 
+
+def run_analyze(teacher: str, student: str, data: str, output, batches: int = 10, batch_size: int = 128) -> str:
+    """``minivit analyze``: per-layer CKA plots and a size/speed table; returns a short summary."""
+    from torch.utils.data import DataLoader
+
+    from ..analysis.compare import analyze
+
+    t = load_model(teacher, pretrained=True).eval()
+    s = load_model(student, pretrained=True).eval()
+    (img_t, ch_t), (img_s, ch_s) = input_spec(t), input_spec(s)
+    if (img_t, ch_t) != (img_s, ch_s):
+        raise ConfigError(
+            f"teacher input {ch_t}x{img_t} differs from student input {ch_s}x{img_s}",
+            "compare models that take the same images",
+        )
+    from ..data import build_dataset
+
+    val = build_dataset(data, "val", img_t, ch_t, limit=batches * batch_size)
+    loader = DataLoader(val, batch_size=batch_size)
+    shape = (1, ch_t, *img_t)
+    summary = analyze(t, s, loader, output, shape, max_batches=batches, names=("teacher", "student"))
+    rows = summary["table"]
+    cka = summary["cka_per_layer"]
+    return (
+        f"wrote {Path(output) / 'analysis.md'}: student {rows[1]['params']:,} params "
+        f"(x{rows[1]['params_ratio']:.3f} of the teacher), latency x{rows[1]['latency_ratio']:.2f}, "
+        f"CKA per layer {min(cka):.3f}..{max(cka):.3f} (last {cka[-1]:.3f})"
+    )
+
 __all__ = [
     "LAST",
     "cache_teacher_logits",

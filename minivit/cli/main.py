@@ -1,4 +1,4 @@
-"""The ``minivit`` console script: ``train``, ``compress``, ``eval`` and ``demo``.
+"""The ``minivit`` console script: ``train``, ``compress``, ``eval``, ``demo``, ``export``, ``analyze``, ``report``.
 
 Mistakes in the input print one line, ``error: <what is wrong> (<how to fix it>)``, on stderr and
 exit with status 2; no traceback.
@@ -19,6 +19,10 @@ EXAMPLES = {
     "--output runs/share2",
     "eval": "minivit eval --model runs/share2 --data fashion-mnist",
     "demo": "minivit demo --output runs/demo",
+    "export": "minivit export --model runs/share2 --format onnx --int8",
+    "analyze": "minivit analyze --teacher runs/teacher --student runs/share2 --data fashion-mnist "
+    "--output runs/analysis",
+    "report": "minivit report runs/share2",
 }
 
 
@@ -73,6 +77,10 @@ def _training_options() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     g.add_argument("--force", action="store_true", help="resume despite a changed configuration, or overwrite a run")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--log-grad-norms", type=int, nargs="?", const=10, default=0, metavar="EVERY",
+        help="record per-layer gradient l2 norms every EVERY steps (default 10) to grad_norms.jsonl",
+    )
     return p
 
 
@@ -151,6 +159,38 @@ def build_parser() -> Parser:
     p.add_argument("--data", default=None, help="dataset (default: fashion-mnist if found locally, else digits)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo instead of starting over")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    from ..export import add_export_arguments
+
+    p = sub.add_parser(
+        "export",
+        help="export a saved model for deployment (ONNX, TorchScript, safetensors; optional int8)",
+        description="Export a model folder. The ONNX graph keeps shared weights shared; outputs are checked "
+        "against PyTorch (onnxruntime for ONNX) and the largest difference is printed.",
+        epilog="example: " + EXAMPLES["export"],
+    )
+    add_export_arguments(p)
+    p = sub.add_parser(
+        "analyze",
+        help="compare a teacher and a student: per-layer CKA plots, params, MB, FLOPs, latency",
+        description="Per-layer linear CKA between the two models' block outputs on a dataset (line plot and "
+        "heatmap), and a table of parameters, MB, FLOPs and latency: PNGs plus analysis.md in --output.",
+        epilog="example: " + EXAMPLES["analyze"],
+    )
+    p.add_argument("--teacher", required=True, help="model folder, timm name or checkpoint")
+    p.add_argument("--student", required=True, help="model folder, timm name or checkpoint")
+    p.add_argument("--data", required=True, help="built-in name (fashion-mnist, digits) or folder with train/ and val/")
+    p.add_argument("--output", required=True, help="folder for the PNGs, analysis.md and analysis.json")
+    p.add_argument("--batches", type=_positive_int, default=10, help="validation batches for CKA (default 10)")
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p = sub.add_parser(
+        "report",
+        help="training curves (each loss term, top-1) and gradient norms of a run as PNG + markdown",
+        description="Read RUN_DIR/metrics.jsonl (and grad_norms.jsonl, report.json when present) and write "
+        "curves_*.png, grad_norms_*.png and report.md into RUN_DIR.",
+        epilog="example: " + EXAMPLES["report"],
+    )
+    p.add_argument("run_dir", help="a folder written by `minivit train` or `minivit compress`")
     return parser
 
 
@@ -217,6 +257,7 @@ def run(argv: list[str] | None = None) -> int:
             val_limit=a.val_limit,
             resume=a.resume,
             force=a.force,
+            callbacks=_callbacks(a),
         )
         _print_main(report)
     elif a.command == "compress":
@@ -246,6 +287,7 @@ def run(argv: list[str] | None = None) -> int:
             val_limit=a.val_limit,
             resume=a.resume,
             force=a.force,
+            callbacks=_callbacks(a),
         )
         _print_main(report)
     elif a.command == "eval":
@@ -261,7 +303,27 @@ def run(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         run_demo(a.output, data=a.data, resume=a.resume, progress=not a.no_progress)
+    elif a.command == "export":
+        from ..export import export_from_args, format_summary
+
+        print(format_summary(export_from_args(a)))
+    elif a.command == "analyze":
+        print(commands.run_analyze(a.teacher, a.student, a.data, a.output, a.batches, a.batch_size))
+    elif a.command == "report":
+        from ..analysis.report import write_report
+
+        print(f"wrote {write_report(a.run_dir)}")
     return 0
+
+
+def _callbacks(a) -> list:
+    if not a.log_grad_norms:
+        return []
+    from pathlib import Path
+
+    from ..analysis.grad_norms import GradNormLogger
+
+    return [GradNormLogger(Path(a.output) / "grad_norms.jsonl", a.log_grad_norms)]
 
 
 def main(argv: list[str] | None = None) -> int:
