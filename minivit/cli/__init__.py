@@ -1,1 +1,1 @@
-"""The `minivit` command line: train, compress, eval, demo (see docs/cli.md)."""
+"""The `minivit` command line: train, compress, eval, demo, export, analyze, report (see README.md)."""

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..train.engine import TrainConfig, say
 from .commands import RUN_MARKERS, run_compress, run_eval, run_train, write_json
 
-# Sizes chosen so that the whole demo takes a few minutes on 2 CPU cores (see docs/cli.md).
+# Sizes chosen so that the whole demo takes a few minutes on 2 CPU cores (see README.md).
 SETTINGS = {
     "fashion-mnist": dict(
         model_args=dict(img_size=28, patch_size=7, depth=4, embed_dim=64, num_heads=4, mlp_ratio=2.0),
