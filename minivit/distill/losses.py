@@ -234,11 +234,13 @@ def logit_distillation_loss(
 # --------------------------------------------------------------------------- relations
 
 
-def _relation_heads(x: Tensor, heads: int) -> tuple[Tensor, float]:
-    """(B, N, C) -> (B, heads, N, C / heads) and the scale 1 / sqrt(C / heads)."""
-    b, n, c = x.shape
+def _qkv_relations(x: Tensor, heads: int) -> Tensor:
+    """(B, 3N, C) stacked [Q; K; V] -> (B, heads, 3, N, 3, N): ``[..., i, :, j, :]`` is ``I Jᵀ / sqrt(C / heads)``."""
+    b, n3, c = x.shape
     d = c // heads
-    return x.reshape(b, n, heads, d).transpose(1, 2), 1.0 / math.sqrt(d)
+    x = x.reshape(b, n3, heads, d).transpose(1, 2)
+    gram = torch.matmul(x, x.transpose(-1, -2)) / math.sqrt(d)
+    return gram.reshape(b, heads, 3, n3 // 3, 3, n3 // 3)
 
 
 def attention_relation_loss(
@@ -291,16 +293,11 @@ def attention_relation_loss(
                     hint="choose a relation-head count that divides both models' qkv widths",
                 )
         with _no_autocast(sq):
-            s_heads = [_relation_heads(_up(x), ar) for x in (sq, sk, sv)]
-            t_heads = [_relation_heads(_up(x.detach()), ar) for x in (tq, tk, tv)]
-            for i in range(3):
-                for j in range(3):
-                    (si, s_scale), (sj, _) = s_heads[i], s_heads[j]
-                    (ti, t_scale), (tj, _) = t_heads[i], t_heads[j]
-                    r_s = torch.matmul(si, sj.transpose(-1, -2)) * s_scale
-                    r_t = torch.matmul(ti, tj.transpose(-1, -2)) * t_scale
-                    term = soft_cross_entropy(r_s, r_t)
-                    total = term if total is None else total + term
+            # the 9 relations I Jᵀ are the 9 N x N blocks of one (3N x 3N) Gram matrix of [Q; K; V]
+            r_s = _qkv_relations(torch.cat([_up(x) for x in (sq, sk, sv)], dim=1), ar)
+            r_t = _qkv_relations(torch.cat([_up(x.detach()) for x in (tq, tk, tv)], dim=1), ar)
+            term = 9 * soft_cross_entropy(r_s, r_t)  # the mean over (I, J, rows), times 9: the sum over pairs
+            total = term if total is None else total + term
     return total / (9 * len(students))
 
 
