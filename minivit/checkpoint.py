@@ -82,7 +82,15 @@ def build_from_config(cfg: dict) -> nn.Module:
             name = cfg.get("name")
             if not isinstance(name, str):
                 raise ConfigError("config field 'name' must be a model name string", "e.g. 'deit_tiny_patch16_224'")
-            model = create_model(name, pretrained=False, **args)
+            try:
+                model = create_model(name, pretrained=False, **args)
+            except ConfigError as e:
+                if not e.message.startswith("bad arguments"):
+                    raise  # e.g. an unknown model name: its own hint applies
+                raise ConfigError(
+                    f"config.json does not describe a valid model: {e.message}",
+                    "check model_args in config.json, or re-save the model",
+                ) from None
         elif family == "multiplexed_vit":
             from .models.vision_transformer import MultiplexedVisionTransformer
 

@@ -101,7 +101,10 @@ def atomic_write(path: Path, write) -> None:
         why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
         old = "; the previous version is intact" if path.exists() else ""
         raise CheckpointError(
-            f"cannot write {path}: {why}{old}", "free some space or choose another --output"
+            f"cannot write {path}: {why}{old}",
+            "make the folder writable or choose another --output"
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+            else "free some space or choose another --output",
         ) from None
     finally:
         if tmp is not None:
@@ -113,6 +116,9 @@ def save_checkpoint(folder: Path, state: dict, best: bool = False) -> Path:
     """Write ``state`` to ``folder/last.pt`` atomically; also make it ``best.pt`` when ``best``."""
     folder = Path(folder)
     last = folder / LAST
+    for stale in [*folder.glob(f".{LAST}.*.tmp"), *folder.glob(f".{BEST}.*.tmp"), folder / f".{BEST}.link"]:
+        with contextlib.suppress(OSError):  # left by a run killed mid-write (SIGTERM/SIGKILL); never read
+            os.unlink(stale)
     atomic_write(last, lambda f: torch.save({"format": FORMAT, **state}, f))
     if best:
         tmp = folder / f".{BEST}.link"
