@@ -326,7 +326,15 @@ def _callbacks(a) -> list:
     return [GradNormLogger(Path(a.output) / "grad_norms.jsonl", a.log_grad_norms)]
 
 
+def _terminate(signum, frame):  # SIGTERM (a scheduler, `kill`) ends a run like Ctrl-C: one line, no traceback
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         code = run(argv)
     except MinivitError as e:
