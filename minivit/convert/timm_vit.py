@@ -7,7 +7,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.vision_transformer import MultiplexedVisionTransformer, multiplex_vit_blocks
+from ..models.vision_transformer import MultiplexedVisionTransformer
 
 _ACT_NAMES = {"GELU": "gelu", "QuickGELU": "quick_gelu", "GELUTanh": "gelu_tanh", "SiLU": "silu", "ReLU": "relu"}
 
@@ -103,19 +103,7 @@ def multiplex_vit(
             "this timm ViT variant is not supported by multiplex",
         )
     student.load_state_dict(outside, strict=False)
-    student.blocks = multiplex_vit_blocks(
-        teacher.blocks,
-        share,
-        transforms=transforms,
-        separate_norms=separate_norms,
-        irpe=irpe,
-        irpe_ratio=irpe_ratio,
-        grid_size=tuple(student.patch_embed.grid_size),
-        num_prefix_tokens=student.num_prefix_tokens,
-        init=init,
-        transform_init=transform_init,
-    )
-    student.init_args["transform_init"] = transform_init
+    student.blocks = student.multiplex_blocks(teacher.blocks, init=init)
     student.train(teacher.training)
     assert student.depth == depth
     return student

@@ -235,17 +235,22 @@ class MultiplexedVisionTransformer(VisionTransformer):
             transform_init=transform_init,
             norm_eps=norm_eps,
         )
-        self.blocks = multiplex_vit_blocks(
-            self.blocks,
-            share,
-            transforms=transforms,
-            separate_norms=separate_norms,
-            irpe=irpe,
-            irpe_ratio=irpe_ratio,
+        self.blocks = self.multiplex_blocks(self.blocks)
+
+    def multiplex_blocks(self, blocks, init: str = "first") -> nn.Sequential:
+        """Groups of multiplexed layers built from timm ``blocks`` with this model's settings."""
+        a = self.init_args
+        return multiplex_vit_blocks(
+            blocks,
+            a["share"],
+            transforms=a["transforms"],
+            separate_norms=a["separate_norms"],
+            irpe=a["irpe"],
+            irpe_ratio=a["irpe_ratio"],
             grid_size=tuple(self.patch_embed.grid_size),
             num_prefix_tokens=self.num_prefix_tokens,
-            init="first",
-            transform_init=transform_init,
+            init=init,
+            transform_init=a["transform_init"],
         )
 
     @property
