@@ -5,6 +5,7 @@ from .convert.official import load_official
 from .errors import CheckpointError, ConfigError, DataError, MinivitError
 from .models import MultiplexedVisionTransformer, create_model, list_models
 from .multiplex import multiplex
+from .spec import MultiplexSpec
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "MinivitError",
+    "MultiplexSpec",
     "MultiplexedVisionTransformer",
     "create_model",
     "list_models",

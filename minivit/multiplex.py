@@ -6,38 +6,35 @@ from torch import nn
 
 from .errors import ConfigError
 from .models.registry import create_model
+from .spec import MultiplexSpec, as_spec
 
 
 def multiplex(
     model_or_name: nn.Module | str,
-    share: int | list[int] = 2,
-    transforms: bool = True,
-    separate_norms: bool = True,
-    init: str = "first",
-    transform_init: str = "identity",
+    spec: MultiplexSpec | dict | None = None,
     *,
-    irpe: bool = False,
-    mlp_transform: bool | None = None,
     pretrained: bool = False,
-    **model_kwargs,
+    **options,
 ) -> nn.Module:
     """A weight-multiplexed copy of a timm vision transformer, initialised from it.
 
     Args:
         model_or_name: a timm ``VisionTransformer`` / ``SwinTransformer`` instance, or a timm model name
-            (created with ``pretrained`` and ``model_kwargs``; ``pretrained=True`` downloads weights).
-        share: layers per shared block; a divisor of the depth (ViT) or of every stage depth (Swin, an
-            int or one per stage). ``share=depth`` keeps a single block.
-        transforms: per-layer pre/post-softmax head mixing.
-        separate_norms: per-layer LayerNorms (``False`` and ``transforms=False`` is naive sharing).
-        init: shared weights taken from the ``first`` layer of each group, their ``mean``, or ``random``.
-        transform_init: ``identity`` (the student starts equal to its shared blocks) or ``trunc_normal``.
-        irpe: add per-layer iRPE on keys (ViT only; Mini-DeiT style).
-        mlp_transform: Swin only: the per-layer LN + depth-wise 7x7 conv before the MLP (default on).
+            (created with ``pretrained`` and the keyword options that are not spec fields;
+            ``pretrained=True`` downloads weights).
+        spec: a :class:`~minivit.MultiplexSpec` (every multiplexing option); keyword ``options`` named like
+            its fields override them, so ``multiplex(teacher, share=4)`` and
+            ``multiplex(teacher, MultiplexSpec(share=4))`` are the same. An int as ``spec`` is taken as ``share``.
 
     The input model is not modified. With ``share=1`` and identity transforms the student computes
     the same function as the input.
     """
+    if isinstance(spec, (int, list, tuple, str)) and not isinstance(spec, bool):
+        options = {"share": spec, **options}
+        spec = None
+    names = MultiplexSpec.field_names()
+    model_kwargs = {k: v for k, v in options.items() if k not in names}
+    spec = as_spec(spec, **{k: v for k, v in options.items() if k in names})
     if isinstance(model_or_name, str):
         model = create_model(model_or_name, pretrained=pretrained, **model_kwargs)
     elif isinstance(model_or_name, nn.Module):
@@ -51,34 +48,34 @@ def multiplex(
     from timm.models.vision_transformer import VisionTransformer
 
     if isinstance(model, VisionTransformer):
-        if mlp_transform:
+        if spec.mlp_transform:
             raise ConfigError("mlp_transform applies to Swin models only", "drop mlp_transform for a ViT")
-        if not isinstance(share, int):
-            raise ConfigError("a ViT takes one share number", f"got {share!r}")
+        if not isinstance(spec.share, int):
+            raise ConfigError("a ViT takes one share number", f"got {spec.share!r}")
         from .convert.timm_vit import multiplex_vit
 
         return multiplex_vit(
             model,
-            share,
-            transforms=transforms,
-            separate_norms=separate_norms,
-            irpe=irpe,
-            init=init,
-            transform_init=transform_init,
+            spec.share,
+            transforms=spec.transforms,
+            separate_norms=spec.separate_norms,
+            irpe=spec.irpe,
+            init=spec.init,
+            transform_init=spec.transform_init,
         )
     if isinstance(model, SwinTransformer):
-        if irpe:
+        if spec.irpe:
             raise ConfigError("irpe applies to ViT models only", "Swin has its own relative position bias")
         from .convert.timm_swin import multiplex_swin
 
         return multiplex_swin(
             model,
-            share,
-            transforms=transforms,
-            separate_norms=separate_norms,
-            mlp_transform=True if mlp_transform is None else mlp_transform,
-            init=init,
-            transform_init=transform_init,
+            list(spec.share) if isinstance(spec.share, tuple) else spec.share,
+            transforms=spec.transforms,
+            separate_norms=spec.separate_norms,
+            mlp_transform=True if spec.mlp_transform is None else spec.mlp_transform,
+            init=spec.init,
+            transform_init=spec.transform_init,
         )
     raise ConfigError(
         f"multiplex needs a timm VisionTransformer or SwinTransformer, got {type(model).__name__}",
