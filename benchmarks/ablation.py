@@ -48,7 +48,7 @@ from minivit.analysis.grad_norms import GradNormLogger, plot_grad_norms
 from minivit.analysis.plots import plot_lines, plot_scatter_labelled
 from minivit.data import build_dataset
 from minivit.distill.objective import DistillationObjective, SupervisedObjective
-from minivit.models.vision_transformer import MultiplexedVisionTransformer
+from minivit.families import MultiplexedVisionTransformer
 from minivit.train.engine import TrainConfig, evaluate, fit
 from minivit.train.measure import count_parameters, latency_ms, size_mb
 
@@ -100,9 +100,10 @@ def make_student(row: str, teacher: nn.Module, a) -> tuple[nn.Module, dict | Non
     if row == "depth_halved_kd":
         return half_depth(teacher, a), dict(beta=0.0, gamma=0.0)
     if row == "minivit_share2_random_init":
-        from minivit.convert.timm_vit import describe_vit
+        from minivit.families import describe_vit
 
-        return MultiplexedVisionTransformer(**describe_vit(teacher), share=2, transform_init="identity"), full
+        spec = minivit.MultiplexSpec(share=2, transform_init="identity")
+        return MultiplexedVisionTransformer(**describe_vit(teacher), spec=spec), full
     raise ValueError(row)
 
 

@@ -74,7 +74,7 @@ def main() -> None:
                 obj.remove_hooks()
 
     print(f"preset {a.preset} {args}, batch {a.batch_size}, {torch.get_num_threads()} threads, {a.steps} steps")
-    print(f"student {minivit.layers.multiplex.unique_parameter_count(student):,} params (share 2), layer pairs {pairs}")
+    print(f"student {minivit.core.unique_parameter_count(student):,} params (share 2), layer pairs {pairs}")
     base = statistics.median(times["plain"])
     targets = {"compress": 1.6, "cached logits": 1.15}
     for name, ts in times.items():

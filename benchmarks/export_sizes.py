@@ -85,7 +85,7 @@ def onnx_sizes(workdir: Path) -> tuple[list[dict], dict]:
             {
                 "model": name,
                 "teacher": teacher,
-                "params": minivit.layers.multiplex.unique_parameter_count(model),
+                "params": minivit.core.unique_parameter_count(model),
                 "exporter": info["exporter"],
                 "opset": info["opset"],
                 "onnx_bytes": info["bytes"],
@@ -209,7 +209,7 @@ def int8_accuracy(model_dir: Path, data: str, workdir: Path, index: int = 0) -> 
     int8_onnx = run_export(model_dir, "onnx", stem.with_suffix(".int8.onnx"), int8=True)
     res = {
         "model_dir": str(model_dir),
-        "params": minivit.layers.multiplex.unique_parameter_count(model),
+        "params": minivit.core.unique_parameter_count(model),
         "top1_fp32": top1(model, loader),
         "top1_int8_torch": top1(q, loader),
         "top1_fp32_onnx": top1_onnx(Path(fp32_onnx["path"]), loader),

@@ -1,11 +1,11 @@
 """minivit: make vision transformers several times smaller by weight multiplexing (MiniViT)."""
 
-from .checkpoint import from_pretrained, save_pretrained
-from .convert.official import load_official
 from .errors import CheckpointError, ConfigError, DataError, MinivitError
-from .models import MultiplexedVisionTransformer, create_model, list_models
+from .families import MultiplexedSwinTransformer, MultiplexedVisionTransformer
+from .io import from_pretrained, load_official, save_pretrained
 from .multiplex import multiplex
 from .spec import MultiplexSpec
+from .zoo import create_model, list_models
 
 __version__ = "0.1.0"
 
@@ -15,6 +15,7 @@ __all__ = [
     "DataError",
     "MinivitError",
     "MultiplexSpec",
+    "MultiplexedSwinTransformer",
     "MultiplexedVisionTransformer",
     "create_model",
     "list_models",

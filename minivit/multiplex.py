@@ -5,8 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from .errors import ConfigError
-from .models.registry import create_model
+from .families import family_of_teacher
 from .spec import MultiplexSpec, as_spec
+from .zoo import create_model
 
 
 def multiplex(
@@ -26,8 +27,9 @@ def multiplex(
             its fields override them, so ``multiplex(teacher, share=4)`` and
             ``multiplex(teacher, MultiplexSpec(share=4))`` are the same. An int as ``spec`` is taken as ``share``.
 
-    The input model is not modified. With ``share=1`` and identity transforms the student computes
-    the same function as the input.
+    The input model is not modified. With ``share=1`` and the default options the student computes the same
+    function as the input. The family (ViT or Swin) is picked by the model's type; the spec is stored whole
+    as ``student.spec``.
     """
     if isinstance(spec, (int, list, tuple, str)) and not isinstance(spec, bool):
         options = {"share": spec, **options}
@@ -43,41 +45,4 @@ def multiplex(
         model = model_or_name
     else:
         raise ConfigError(f"expected a timm model or model name, got {type(model_or_name).__name__}")
-
-    from timm.models.swin_transformer import SwinTransformer
-    from timm.models.vision_transformer import VisionTransformer
-
-    if isinstance(model, VisionTransformer):
-        if spec.mlp_transform:
-            raise ConfigError("mlp_transform applies to Swin models only", "drop mlp_transform for a ViT")
-        if not isinstance(spec.share, int):
-            raise ConfigError("a ViT takes one share number", f"got {spec.share!r}")
-        from .convert.timm_vit import multiplex_vit
-
-        return multiplex_vit(
-            model,
-            spec.share,
-            transforms=spec.transforms,
-            separate_norms=spec.separate_norms,
-            irpe=spec.irpe,
-            init=spec.init,
-            transform_init=spec.transform_init,
-        )
-    if isinstance(model, SwinTransformer):
-        if spec.irpe:
-            raise ConfigError("irpe applies to ViT models only", "Swin has its own relative position bias")
-        from .convert.timm_swin import multiplex_swin
-
-        return multiplex_swin(
-            model,
-            list(spec.share) if isinstance(spec.share, tuple) else spec.share,
-            transforms=spec.transforms,
-            separate_norms=spec.separate_norms,
-            mlp_transform=True if spec.mlp_transform is None else spec.mlp_transform,
-            init=spec.init,
-            transform_init=spec.transform_init,
-        )
-    raise ConfigError(
-        f"multiplex needs a timm VisionTransformer or SwinTransformer, got {type(model).__name__}",
-        "pass e.g. 'deit_small_patch16_224' or 'swin_tiny_patch4_window7_224'",
-    )
+    return family_of_teacher(model).from_teacher(model, spec)

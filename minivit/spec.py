@@ -29,6 +29,8 @@ FIELD_HELP = {
     "irpe_ratio": "iRPE piecewise bucketing ratio",
     "mlp_transform": "Swin only: the per-layer LayerNorm + depth-wise 7x7 conv before the MLP "
     "(None: on for Swin, off for ViT)",
+    "mlp_residual": "Swin MLP transform form: x + DWConv(LN(x)) with the conv starting at zero (a student starts "
+    "equal to its teacher), or off: the authors' x = LN(x); x = x + DWConv(x) (the released Mini-Swin models)",
     "delta_rank": "relaxed sharing: each layer adds a rank-r delta to the shared qkv/proj/fc1/fc2 weights, "
     "initialised from the SVD of (teacher layer - shared); 0 is plain MiniViT",
 }
@@ -48,6 +50,7 @@ class MultiplexSpec:
     irpe: bool = False
     irpe_ratio: float = 1.9
     mlp_transform: bool | None = None
+    mlp_residual: bool = True
     delta_rank: int = 0
     extra: dict = field(default_factory=dict, compare=False, repr=False)  # unknown keys of an older/newer config
 
@@ -66,7 +69,7 @@ class MultiplexSpec:
                     f"share must be a positive integer (or one per stage), got {share!r}",
                     "use 1 (no sharing) up to the depth",
                 )
-        for name in ("transforms", "separate_norms", "irpe"):
+        for name in ("transforms", "separate_norms", "irpe", "mlp_residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.mlp_transform is not None and not isinstance(self.mlp_transform, bool):

@@ -7,9 +7,9 @@ import timm
 import torch
 
 import minivit
-from minivit.convert.official import convert_official_deit
+from minivit.core import piecewise_index, product_bucket_index
 from minivit.errors import CheckpointError, ConfigError
-from minivit.layers.irpe import piecewise_index, product_bucket_index
+from minivit.zoo.mini_deit import convert_official_deit
 
 MINI_DEIT = {
     "mini_deit_tiny_patch16_224": 3_090_304,

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..layers.multiplex import Multiplexed
+from ..core import Multiplexed
 
 
 def _layer_groups(model: nn.Module) -> list[tuple[nn.Module | None, list[nn.Module]]]:

@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import build_from_config, from_pretrained, model_config, save_pretrained
 from ..errors import CheckpointError, ConfigError, MinivitError
-from ..models.registry import create_model
+from ..io import build_from_config, from_pretrained, model_config, save_pretrained
 from ..train.data import WithTeacherLogits
 from ..train.engine import TrainConfig, evaluate, fit, processes, say
 from ..train.measure import count_parameters, latency_ms, size_mb
 from ..train.state import LAST, atomic_write, load_checkpoint
+from ..zoo import create_model
 
 DISTILL_TERMS = ("logits", "attn", "hidden")
 RUN_MARKERS = ("checkpoints", "report.json", "model.safetensors", "metrics.jsonl")
@@ -105,7 +105,7 @@ def load_model(spec: str, model_args: dict | None = None, pretrained: bool = Fal
             raise CheckpointError(f"{path} does not say which architecture it holds", "pass the run's output folder")
         model = build_from_config(arch)
         weights = {k[6:]: v for k, v in state["objective"].items() if k.startswith("model.")}
-        from ..convert.official import load_state_dict_checked
+        from ..io import load_state_dict_checked
 
         return load_state_dict_checked(model, weights, source=str(path)).eval()
     if os.sep in spec or spec.endswith((".pt", ".safetensors", ".json")):

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ..core import iter_layers
 from ..errors import ConfigError
-from ..layers.multiplex import iter_layers
 
 
 @dataclass

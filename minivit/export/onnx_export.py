@@ -139,7 +139,7 @@ def _add_metadata(proto: onnx.ModelProto, model: nn.Module, exporter: str) -> No
     import json
 
     from .. import __version__
-    from ..checkpoint import model_config
+    from ..io import model_config
 
     props = {"minivit.version": __version__, "minivit.exporter": f"torch.onnx ({exporter})"}
     try:

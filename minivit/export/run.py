@@ -85,7 +85,7 @@ def run_export(
     Raises :class:`~minivit.errors.CheckpointError` for a missing or broken model folder and
     :class:`~minivit.errors.ConfigError` for an unknown format.
     """
-    from ..checkpoint import WEIGHTS_NAME, from_pretrained
+    from ..io import WEIGHTS_NAME, from_pretrained
 
     _check_format(fmt, int8)
     if exporter not in EXPORTERS:

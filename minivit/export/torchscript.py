@@ -106,7 +106,7 @@ def export_safetensors(model: nn.Module, directory: str | os.PathLike) -> dict[s
     Returns ``format``, ``path`` (the folder), ``files``, ``bytes`` (both files) and ``mb``. int8
     models cannot be saved this way (their packed weights are not plain tensors): use TorchScript.
     """
-    from ..checkpoint import save_pretrained
+    from ..io import save_pretrained
 
     model = check_model(model)
     if is_quantized(model):

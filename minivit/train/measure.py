@@ -8,7 +8,7 @@ import time
 import torch
 from torch import nn
 
-from ..layers.multiplex import unique_parameter_count
+from ..core import unique_parameter_count
 
 
 def count_parameters(model: nn.Module) -> int:

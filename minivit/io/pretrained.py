@@ -4,10 +4,11 @@
 
 * ``{"family": "timm", "name": ..., "model_args": {...}}`` for any model created by name (timm models and
   the registered Mini-* models);
-* ``{"family": "multiplexed_vit", "model_args": {...}}`` for a :class:`MultiplexedVisionTransformer`
-  made by :func:`minivit.multiplex` from a teacher;
-* ``{"family": "vit", "model_args": {...}}`` for a plain timm ViT built without a name;
-* ``{"family": "multiplexed_swin", ...}`` for multiplexed Swin models.
+* ``{"family": "multiplexed_vit" | "multiplexed_swin", "model_args": {...}, "multiplex": {...}}`` for a
+  student made by :func:`minivit.multiplex`: its architecture arguments and its whole
+  :class:`~minivit.MultiplexSpec`. Older files kept the multiplexing options among ``model_args``; they
+  still load (the options are read back into a spec);
+* ``{"family": "vit", "model_args": {...}}`` for a plain timm ViT built without a name.
 
 Writes go to a temporary folder that is renamed into place, so a crash never leaves half a model.
 """
@@ -21,11 +22,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
+from ..families import build_vit, describe_vit, family_by_config_name, family_of_student
+from ..spec import MultiplexSpec
+from ..zoo import create_model
+from .state_dict import load_state_dict_checked, read_weights
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -34,21 +39,13 @@ FORMAT_VERSION = 1
 
 def model_config(model: nn.Module) -> dict:
     """The JSON-able description that :func:`build_from_config` turns back into ``model``."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    from .models.swin import MultiplexedSwinTransformer
-    from .models.vision_transformer import MultiplexedVisionTransformer
-
     cfg = getattr(model, "minivit_config", None)
+    family = family_of_student(model)
     if cfg is not None:
         cfg = dict(cfg)
-    elif isinstance(model, MultiplexedVisionTransformer):
-        cfg = {"family": "multiplexed_vit", "model_args": dict(model.init_args)}
-    elif isinstance(model, MultiplexedSwinTransformer):
-        cfg = {"family": "multiplexed_swin", "model_args": dict(model.init_args)}
+    elif family is not None:
+        cfg = {"family": family.config_name, "model_args": dict(model.arch_args), "multiplex": model.spec.to_dict()}
     elif isinstance(model, VisionTransformer):
-        from .convert.timm_vit import describe_vit
-
         cfg = {"family": "vit", "model_args": describe_vit(model)}
     else:
         raise ConfigError(
@@ -63,51 +60,54 @@ def model_config(model: nn.Module) -> dict:
 def _json_default(o):
     if isinstance(o, tuple):
         return list(o)
+    if isinstance(o, MultiplexSpec):
+        return o.to_dict()
     raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
+
+
+def _build_timm(cfg: dict, args: dict) -> nn.Module:
+    name = cfg.get("name")
+    if not isinstance(name, str):
+        raise ConfigError("config field 'name' must be a model name string", "e.g. 'deit_tiny_patch16_224'")
+    try:
+        return create_model(name, pretrained=False, **args)
+    except ConfigError as e:
+        if not e.message.startswith("bad arguments"):
+            raise  # e.g. an unknown model name: its own hint applies
+        raise ConfigError(
+            f"config.json does not describe a valid model: {e.message}",
+            "check model_args in config.json, or re-save the model",
+        ) from None
+
+
+def _build_multiplexed(cfg: dict, args: dict) -> nn.Module:
+    family = family_by_config_name(cfg["family"])
+    if family is None:
+        raise ConfigError(f"unknown model family {cfg['family']!r} in config", "regenerate config.json")
+    spec = cfg.get("multiplex")
+    if spec is None:  # written before the spec had its own object: the options sit among model_args
+        names = MultiplexSpec.field_names()
+        spec = {**family.legacy_spec, **{k: args.pop(k) for k in list(args) if k in names}}
+    if not isinstance(spec, dict):
+        raise ConfigError("config field 'multiplex' must be an object", f"got {type(spec).__name__}")
+    return family.student_type(**args, spec=MultiplexSpec.from_dict(spec))
 
 
 def build_from_config(cfg: dict) -> nn.Module:
     """Rebuild an architecture (random weights) from a :func:`model_config` dict."""
     if not isinstance(cfg, dict) or "family" not in cfg:
         raise ConfigError("config has no 'family' field", "regenerate config.json with save_pretrained")
-    family = cfg["family"]
     args = cfg.get("model_args", {})
     if not isinstance(args, dict):
         raise ConfigError("config field 'model_args' must be an object", f"got {type(args).__name__}")
     args = {k: tuple(v) if k in ("img_size", "patch_size") and isinstance(v, list) else v for k, v in args.items()}
     try:
-        if family == "timm":
-            from .models.registry import create_model
-
-            name = cfg.get("name")
-            if not isinstance(name, str):
-                raise ConfigError("config field 'name' must be a model name string", "e.g. 'deit_tiny_patch16_224'")
-            try:
-                model = create_model(name, pretrained=False, **args)
-            except ConfigError as e:
-                if not e.message.startswith("bad arguments"):
-                    raise  # e.g. an unknown model name: its own hint applies
-                raise ConfigError(
-                    f"config.json does not describe a valid model: {e.message}",
-                    "check model_args in config.json, or re-save the model",
-                ) from None
-        elif family == "multiplexed_vit":
-            from .models.vision_transformer import MultiplexedVisionTransformer
-
-            model = MultiplexedVisionTransformer(**args)
-        elif family == "vit":
-            from timm.models.vision_transformer import VisionTransformer
-
-            from .models.vision_transformer import _norm_layer
-
-            eps = args.pop("norm_eps", 1e-6)
-            model = VisionTransformer(**args, norm_layer=_norm_layer(eps))
-        elif family == "multiplexed_swin":
-            from .models.swin import MultiplexedSwinTransformer
-
-            model = MultiplexedSwinTransformer(**args)
+        if cfg["family"] == "timm":
+            model = _build_timm(cfg, args)
+        elif cfg["family"] == "vit":
+            model = build_vit(args)
         else:
-            raise ConfigError(f"unknown model family {family!r} in config", "regenerate config.json")
+            model = _build_multiplexed(cfg, args)
     except ConfigError:
         raise
     except (TypeError, ValueError, AssertionError) as e:
@@ -159,19 +159,15 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a saved model's ``model.safetensors``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is missing", "a saved model folder holds config.json and model.safetensors")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}", "the file is corrupted or truncated; re-save it") from None
+    return read_weights(path)
 
 
 def from_pretrained(directory: str | os.PathLike) -> nn.Module:
     """Rebuild the model saved in ``directory`` and load its weights (eval mode)."""
-    from .convert.official import load_state_dict_checked
-
     cfg = read_config(directory)
     model = build_from_config(cfg)
     load_state_dict_checked(model, load_weights(Path(directory) / WEIGHTS_NAME), source=str(directory))

@@ -1,39 +1,47 @@
-"""Weight-multiplexed Swin Transformer (Mini-Swin), on the same mechanism as the ViT family.
+"""The Swin family: weight-multiplexed Swin Transformer (Mini-Swin) and its construction from a timm Swin.
 
 Layout follows timm's ``SwinTransformer`` (NHWC tensors, the patch merging at the *start* of stages 1..S-1,
 ``head.fc``), so everything outside the blocks keeps timm's names and a timm Swin teacher maps onto a student
-1:1. Each stage's ``blocks`` are groups of :class:`~minivit.layers.multiplex.Multiplexed` layers:
+1:1. Each stage's ``blocks`` are groups of :class:`~minivit.core.Multiplexed` layers:
 
 * ``shared`` (:class:`SharedSwinBlock`): window attention (qkv, proj and the relative-position-bias table) and
   the MLP that ``share`` consecutive layers run, plus the group's shifted-window mask (a non-persistent buffer
   computed at init; the relative position index is one too);
 * ``layers[r]`` (:class:`SwinLayerParts`): what stays per layer: norm1/norm2, drop-path, the pre/post-softmax
-  head transforms (:class:`~minivit.layers.transforms.HeadMix` *with* bias), the MLP transform (per-layer
-  LayerNorm + depth-wise 7x7 conv) and two taps (``qkv_out`` on the window-wise qkv projection, (B*nW, N, 3C);
-  ``block_out`` on the layer output, (B, H, W, C)).
+  head transforms (:class:`~minivit.core.HeadMix` *with* bias), the MLP transform (per-layer LayerNorm +
+  depth-wise 7x7 conv), the low-rank deltas of relaxed sharing and two taps (``qkv_out`` on the window-wise qkv
+  projection, (B*nW, N, 3C); ``block_out`` on the layer output, (B, H, W, C)).
 
 Window shifting follows the authors (and timm for ``share=1``): layer ``j`` of a stage (0-based, counted over
 all of the stage's layers) runs shifted windows iff ``j`` is odd, so the repeats of one shared block alternate
 regular/shifted. Attention order per layer: ``q k^T * scale + rel-pos bias -> Fpre -> + shift mask -> softmax
--> Fpost -> @ v -> proj``. The MLP transform, between the two residuals: ``x = LN_l(x); x = x + DWConv7x7_l(x)``
-(``LN_l`` replaces ``x``), then ``x = x + MLP(norm2_l(x))``.
+-> Fpost -> @ v -> proj``.
+
+**MLP transform**, between the two residuals, in one of two forms (``spec.mlp_residual``):
+
+* residual (default): ``x = x + DWConv7x7_l(LN_l(x))``; built from a teacher, the conv starts at zero, so the
+  student starts as its teacher's function;
+* the authors' (the released Mini-Swin models): ``x = LN_l(x); x = x + DWConv7x7_l(x)``: ``LN_l`` replaces the
+  residual stream, so no initialisation makes it an identity map.
+
+Then ``x = x + MLP(norm2_l(x))``.
 
 ``mask_regular_windows`` reproduces a quirk of the authors' implementation: their shared block passes its
 shifted-window mask to *every* layer, also to the layers that do not shift (the mask is then applied to
-regular windows). Their released checkpoints were trained that way, so the registered Mini-Swin models and
-:func:`build_from_official_config` turn it on; students made from a timm Swin leave it off (plain Swin).
+regular windows). Their released checkpoints were trained that way, so the registered Mini-Swin models turn
+it on; students made from a timm Swin leave it off (plain Swin).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import ClassifierHead, DropPath, PatchEmbed, to_2tuple, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp, PatchEmbed, to_2tuple, trunc_normal_
 from timm.models.swin_transformer import (
     PatchMerging,
+    SwinTransformer,
     SwinTransformerBlock,
     get_relative_position_index,
     window_partition,
@@ -41,85 +49,23 @@ from timm.models.swin_transformer import (
 )
 from torch import Tensor, nn
 
+from ..core import (
+    Family,
+    HeadMix,
+    LayerDeltas,
+    Tap,
+    build_groups,
+    check_share,
+    merge_modules,
+    per_stage,
+    resolve_window_sizes,
+    shifted_window_mask,
+    stage_geometry,
+    student_from_teacher,
+)
+from ..core import delta as deltas
 from ..errors import ConfigError
-from ..layers.multiplex import Tap, build_groups, check_share
-from ..layers.transforms import TRANSFORM_INITS, HeadMix
-from .vision_transformer import INITS, _merge
-
-MASK_VALUE = -100.0  # as timm and the authors (a large negative logit, not -inf)
-
-
-# --------------------------------------------------------------------------- geometry and config checks
-
-
-def _per_stage(value, num_stages: int, what: str) -> list:
-    if isinstance(value, (list, tuple)):
-        if len(value) != num_stages:
-            hint = "give one per stage or a single int"
-            raise ConfigError(f"{what} has {len(value)} entries for {num_stages} stages", hint)
-        return list(value)
-    return [value] * num_stages
-
-
-def resolve_window_sizes(window_size, num_stages: int) -> list[tuple[int, int]]:
-    """An int, an (h, w) pair (with more than two stages), or one int / (h, w) per stage."""
-    if isinstance(window_size, (list, tuple)) and len(window_size) == 2 and num_stages != 2:
-        if all(isinstance(w, int) for w in window_size):
-            window_size = [tuple(window_size)] * num_stages
-    sizes = [to_2tuple(w) for w in _per_stage(window_size, num_stages, "window_size")]
-    for s, ws in enumerate(sizes):
-        if len(ws) != 2 or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in ws):
-            raise ConfigError(f"window size {ws!r} of stage {s} is not a positive int or (h, w) pair", "e.g. 7")
-    return [tuple(ws) for ws in sizes]
-
-
-def _fits_1d(size: int, patch: int, windows: Sequence[int]) -> bool:
-    if size <= 0 or size % patch:
-        return False
-    res = size // patch
-    for s, w in enumerate(windows):
-        if s > 0:
-            if res % 2:
-                return False
-            res //= 2
-        if res > w and res % w:
-            return False
-    return True
-
-
-def _size_hint(size: int, patch: int, windows: Sequence[int]) -> str:
-    below = next((n for n in range(size - 1, 0, -1) if _fits_1d(n, patch, windows)), None)
-    above = next((n for n in range(size + 1, 8 * size + 64) if _fits_1d(n, patch, windows)), None)
-    near = " or ".join(str(n) for n in (below, above) if n is not None)
-    return f"nearest image sizes that fit: {near}" if near else "change the patch or window size"
-
-
-def stage_geometry(img_size, patch_size, window_sizes: Sequence[tuple[int, int]]) -> list[dict]:
-    """Per stage: token grid ``resolution``, ``window`` and ``shift`` (both (h, w)); ConfigError if it can't fit.
-
-    As timm: a window larger than the grid shrinks to the grid and then does not shift. As the authors' code
-    requires: the patch size divides the image, every stage's grid is tiled by its windows exactly and patch
-    merging halves even sides (no padding).
-    """
-    img, patch = to_2tuple(img_size), to_2tuple(patch_size)
-    out = []
-    for d in range(2):
-        win_1d = [ws[d] for ws in window_sizes]
-        if not _fits_1d(img[d], patch[d], win_1d):
-            side = "height" if d == 0 else "width"
-            raise ConfigError(
-                f"image {side} {img[d]} does not fit patch size {patch[d]}, {len(window_sizes)} stages and windows "
-                f"{win_1d} (each stage's token grid must be tiled by its windows)",
-                _size_hint(img[d], patch[d], win_1d),
-            )
-    res = (img[0] // patch[0], img[1] // patch[1])
-    for s, ws in enumerate(window_sizes):
-        if s > 0:
-            res = (res[0] // 2, res[1] // 2)
-        window = tuple(r if r <= w else w for r, w in zip(res, ws))
-        shift = tuple(0 if r <= w else w // 2 for r, w in zip(res, window))
-        out.append(dict(resolution=res, window=window, shift=shift))
-    return out
+from ..spec import ALL, MultiplexSpec, as_spec
 
 
 def resolve_share(depths: Sequence[int], share=None, unique_blocks=None) -> list[int]:
@@ -129,7 +75,7 @@ def resolve_share(depths: Sequence[int], share=None, unique_blocks=None) -> list
     n = len(depths)
     if unique_blocks is not None:
         out = []
-        for s, (d, u) in enumerate(zip(depths, _per_stage(unique_blocks, n, "unique_blocks"))):
+        for s, (d, u) in enumerate(zip(depths, per_stage(unique_blocks, n, "unique_blocks"))):
             if isinstance(u, bool) or not isinstance(u, int) or u < 1 or d % u:
                 divisors = [k for k in range(1, d + 1) if d % k == 0]
                 raise ConfigError(
@@ -138,26 +84,17 @@ def resolve_share(depths: Sequence[int], share=None, unique_blocks=None) -> list
                 )
             out.append(d // u)
         return out
-    shares = _per_stage(2 if share is None else share, n, "share")
+    shares = list(depths) if share == ALL else per_stage(2 if share is None else share, n, "share")
     for s, (d, k) in enumerate(zip(depths, shares)):
         check_share(d, k, what=f"stage {s} depth")
     return list(shares)
 
 
-def shifted_window_mask(resolution, window, shift) -> Tensor | None:
-    """(nW, N, N) additive mask keeping cyclically shifted windows from attending across image borders."""
-    if not any(shift):
-        return None
-    h, w = resolution
-    region = torch.zeros(1, h, w, 1)
-    cnt = 0
-    for hs in (slice(0, -window[0]), slice(-window[0], -shift[0]), slice(-shift[0], None)):
-        for ws in (slice(0, -window[1]), slice(-window[1], -shift[1]), slice(-shift[1], None)):
-            region[:, hs, ws, :] = cnt
-            cnt += 1
-    ids = window_partition(region, window).reshape(-1, window[0] * window[1])
-    diff = ids.unsqueeze(1) - ids.unsqueeze(2)
-    return torch.zeros_like(diff).masked_fill(diff != 0, MASK_VALUE)
+def check_spec(spec: MultiplexSpec, depths: Sequence[int]) -> list[int]:
+    """The Swin checks of a spec; returns the layers per shared block of every stage."""
+    if spec.irpe:
+        raise ConfigError("irpe applies to ViT models only", "Swin has its own relative position bias")
+    return resolve_share(depths, spec.share)
 
 
 # --------------------------------------------------------------------------- the multiplexed block
@@ -187,7 +124,8 @@ class SharedWindowAttention(nn.Module):
 
     def forward(self, x: Tensor, layer: nn.Module, mask: Tensor | None) -> Tensor:
         b, n, _ = x.shape
-        qkv = layer.qkv_out(self.qkv(x))
+        d = layer.delta
+        qkv = layer.qkv_out(deltas.linear(self.qkv, x, None if d is None else d.qkv))
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.rel_pos_bias()
         if layer.pre_mix is None and layer.post_mix is None:
@@ -218,7 +156,7 @@ class SharedWindowAttention(nn.Module):
                 attn = layer.post_mix(attn)
             x = self.attn_drop(attn) @ v
         x = x.transpose(1, 2).reshape(b, n, -1)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(deltas.linear(self.proj, x, None if d is None else d.proj))
 
 
 class SharedSwinBlock(nn.Module):
@@ -250,9 +188,9 @@ class SharedSwinBlock(nn.Module):
             y = torch.roll(y, shifts=self.shift_size, dims=(1, 2))
         x = x + layer.drop_path1(y)
         if layer.local_conv is not None:
-            x = layer.local_norm(x)
-            x = x + layer.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = x + layer.drop_path2(self.mlp(norm2(x)))
+            y = layer.local_norm(x)
+            x = (x if layer.local_residual else y) + layer.local_conv(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = x + layer.drop_path2(deltas.mlp(self.mlp, norm2(x), layer.delta))
         return layer.block_out(x)
 
     def extra_repr(self) -> str:
@@ -262,11 +200,12 @@ class SharedSwinBlock(nn.Module):
 class SwinLayerParts(nn.Module):
     """What one Swin layer keeps for itself; unused parts are ``None``.
 
-    ``shifted`` (cyclic shift of the windows) and ``masked`` (add the group's mask) are fixed at init.
+    ``shifted`` (cyclic shift of the windows), ``masked`` (add the group's mask) and ``local_residual`` (the
+    MLP transform's form, see the module docstring) are fixed at init.
     """
 
     def __init__(self, *, norm1, norm2, drop_path1, drop_path2, pre_mix, post_mix, local_norm, local_conv,
-                 shifted: bool, masked: bool):
+                 shifted: bool, masked: bool, local_residual: bool = False, delta=None):
         super().__init__()
         self.norm1 = norm1
         self.norm2 = norm2
@@ -276,13 +215,15 @@ class SwinLayerParts(nn.Module):
         self.post_mix = post_mix
         self.local_norm = local_norm
         self.local_conv = local_conv
+        self.delta = delta
         self.qkv_out = Tap()
         self.block_out = Tap()
         self.shifted = bool(shifted)
         self.masked = bool(masked)
+        self.local_residual = bool(local_residual)
 
     def extra_repr(self) -> str:
-        return f"shifted={self.shifted}, masked={self.masked}"
+        return f"shifted={self.shifted}, masked={self.masked}, local_residual={self.local_residual}"
 
 
 def _check_swin_blocks(blocks) -> list[SwinTransformerBlock]:
@@ -305,89 +246,91 @@ def _drop_path(rate: float) -> nn.Module:
     return DropPath(rate) if rate > 0 else nn.Identity()
 
 
+def _linears(block: nn.Module) -> dict[str, nn.Linear]:
+    return dict(qkv=block.attn.qkv, proj=block.attn.proj, fc1=block.mlp.fc1, fc2=block.mlp.fc2)
+
+
+def _mlp_transform(blk: SwinTransformerBlock, spec: MultiplexSpec) -> tuple[nn.Module, nn.Module]:
+    """A layer's LayerNorm + depth-wise 7x7 conv. The conv starts at zero in the residual form (the layer is
+    then its teacher's) and with identity transform init; else PyTorch's default init, as the authors."""
+    dim, device = blk.norm1.normalized_shape[0], blk.norm1.weight.device
+    norm = nn.LayerNorm(dim, eps=blk.norm1.eps, device=device)
+    conv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim, bias=blk.attn.qkv.bias is not None, device=device)
+    if spec.mlp_residual or spec.transform_init == "identity":
+        nn.init.zeros_(conv.weight)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+    return norm, conv
+
+
+class _StageLayers:
+    """Which layers of a stage shift and which add the group's mask (``mask_regular_windows``: all)."""
+
+    def __init__(self, geometry: dict, mask_regular_windows: bool):
+        self.has_shift = any(geometry["shift"])
+        self.mask_regular_windows = mask_regular_windows
+
+    def shifted(self, i: int) -> bool:
+        return self.has_shift and i % 2 == 1
+
+    def masked(self, i: int) -> bool:
+        return self.has_shift and (self.shifted(i) or self.mask_regular_windows)
+
+
 @torch.no_grad()
 def multiplex_swin_blocks(
     blocks,
     share: int,
+    spec: MultiplexSpec,
     *,
     geometry: dict,
-    transforms: bool = True,
-    separate_norms: bool = True,
-    mlp_transform: bool = True,
     mask_regular_windows: bool = False,
-    init: str = "first",
-    transform_init: str = "identity",
     drop_path: Sequence[float] | None = None,
 ) -> nn.Sequential:
     """Turn one stage's timm ``SwinTransformerBlock`` list into groups of ``share`` multiplexed layers.
 
     ``blocks[i]`` provides layer ``i``'s norms (and drop-path, unless ``drop_path`` rates are given) and, merged
-    per group by ``init`` (first | mean | random), the shared attention/MLP. The blocks are copied, never
-    modified. A list that repeats one block object per group builds a fresh model without throwaway blocks.
+    per group by ``spec.init``, the shared attention/MLP. The blocks are copied, never modified. A list that
+    repeats one block object per group builds a fresh model without throwaway blocks.
     """
     blocks = _check_swin_blocks(blocks)
-    if init not in INITS:
-        raise ConfigError(f"unknown init {init!r}", f"use one of {', '.join(INITS)}")
-    if transform_init not in TRANSFORM_INITS:
-        raise ConfigError(f"unknown transform_init {transform_init!r}", f"use one of {', '.join(TRANSFORM_INITS)}")
     check_share(len(blocks), share)
     res, window, shift = geometry["resolution"], geometry["window"], geometry["shift"]
-    has_shift = any(shift)
-    dim = blocks[0].norm1.normalized_shape[0]
+    rule = _StageLayers(geometry, mask_regular_windows)
+    mlp_transform = spec.mlp_transform is not False
     num_heads = blocks[0].attn.num_heads
-    conv_bias = blocks[0].attn.qkv.bias is not None
-
-    def shifted(i: int) -> bool:
-        return has_shift and i % 2 == 1
-
-    def masked(i: int) -> bool:
-        return has_shift and (shifted(i) or mask_regular_windows)
 
     def make_shared(g: int) -> SharedSwinBlock:
         group = blocks[g * share : (g + 1) * share]
-        distinct = list({id(b): b for b in group}.values())
-        attn = _merge([b.attn for b in distinct], init)
-        if init == "random":
-            trunc_normal_(attn.relative_position_bias_table, std=0.02)
-        mlp = _merge([b.mlp for b in distinct], init)
-        uses_mask = any(masked(g * share + r) for r in range(share))
+        attn = merge_modules([b.attn for b in group], spec.init)
+        mlp = merge_modules([b.mlp for b in group], spec.init)
+        uses_mask = any(rule.masked(g * share + r) for r in range(share))
         mask = shifted_window_mask(res, window, shift) if uses_mask else None
         if mask is not None:
             mask = mask.to(device=attn.qkv.weight.device, dtype=attn.qkv.weight.dtype)
         norms = (None, None)
-        if not separate_norms:
-            norms = (_merge([b.norm1 for b in distinct], init), _merge([b.norm2 for b in distinct], init))
+        if not spec.separate_norms:
+            norms = [merge_modules([getattr(b, n) for b in group], spec.init) for n in ("norm1", "norm2")]
         return SharedSwinBlock(SharedWindowAttention(attn), mlp, res, window, shift, mask, *norms)
 
-    def make_layer(i: int) -> SwinLayerParts:
+    def make_layer(i: int, shared: SharedSwinBlock) -> SwinLayerParts:
         blk = blocks[i]
-        if drop_path is not None:
-            dp1, dp2 = _drop_path(drop_path[i]), _drop_path(drop_path[i])
-        else:
-            dp1, dp2 = copy.deepcopy(blk.drop_path1), copy.deepcopy(blk.drop_path2)
-        device = blk.norm1.weight.device
-        local_norm = local_conv = None
-        if mlp_transform:
-            local_norm = nn.LayerNorm(dim, eps=blk.norm1.eps, device=device)
-            local_conv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim, bias=conv_bias, device=device)
-            if transform_init == "identity":  # the closest to identity: x = LN_l(x) (see multiplex_swin)
-                nn.init.zeros_(local_conv.weight)
-                if local_conv.bias is not None:
-                    nn.init.zeros_(local_conv.bias)
-        mixes = (None, None)
-        if transforms:
-            mixes = tuple(HeadMix(num_heads, bias=True, init=transform_init).to(device) for _ in range(2))
+        dps = [_drop_path(drop_path[i]) for _ in range(2)] if drop_path is not None else None
+        own = merge_modules([nn.ModuleDict(dict(n1=blk.norm1, n2=blk.norm2, d1=blk.drop_path1, d2=blk.drop_path2))],
+                            "first")  # copies: the teacher stays intact
+        local = _mlp_transform(blk, spec) if mlp_transform else (None, None)
+        mixes = [None, None]
+        if spec.transforms:
+            device = blk.norm1.weight.device
+            mixes = [HeadMix(num_heads, bias=True, init=spec.transform_init).to(device) for _ in range(2)]
+        delta = LayerDeltas.between(_linears(shared), _linears(blk), spec.delta_rank) if spec.delta_rank else None
         return SwinLayerParts(
-            norm1=copy.deepcopy(blk.norm1) if separate_norms else None,
-            norm2=copy.deepcopy(blk.norm2) if separate_norms else None,
-            drop_path1=dp1,
-            drop_path2=dp2,
-            pre_mix=mixes[0],
-            post_mix=mixes[1],
-            local_norm=local_norm,
-            local_conv=local_conv,
-            shifted=shifted(i),
-            masked=masked(i),
+            norm1=own["n1"] if spec.separate_norms else None,
+            norm2=own["n2"] if spec.separate_norms else None,
+            drop_path1=dps[0] if dps else own["d1"],
+            drop_path2=dps[1] if dps else own["d2"],
+            pre_mix=mixes[0], post_mix=mixes[1], local_norm=local[0], local_conv=local[1],
+            shifted=rule.shifted(i), masked=rule.masked(i), local_residual=spec.mlp_residual, delta=delta,
         )
 
     return nn.Sequential(*build_groups(len(blocks), share, make_shared, make_layer))
@@ -408,17 +351,30 @@ class MultiplexedSwinStage(nn.Module):
 # --------------------------------------------------------------------------- the model
 
 
+def _check_widths(embed_dim, depths: list[int], num_heads: list[int]) -> list[int]:
+    """Per-stage widths (doubling from ``embed_dim``); ConfigError if heads do not divide them."""
+    if not depths or len(num_heads) != len(depths):
+        raise ConfigError(f"depths {depths} and num_heads {num_heads} must have one entry per stage")
+    if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
+        raise ConfigError(f"embed_dim must be a positive int, got {embed_dim!r}")
+    dims = [embed_dim * 2**s for s in range(len(depths))]
+    for s, (dim, heads) in enumerate(zip(dims, num_heads)):
+        if dim % heads:
+            raise ConfigError(f"stage {s}: width {dim} is not divisible by {heads} heads", "change num_heads")
+    return dims
+
+
 class MultiplexedSwinTransformer(nn.Module):
     """Swin Transformer (timm layout, NHWC) with weight-multiplexed blocks: Mini-Swin.
 
     Args (timm's names): ``img_size``, ``patch_size``, ``in_chans``, ``num_classes``, ``global_pool``,
     ``embed_dim``, ``depths``, ``num_heads``, ``window_size`` (int, (h, w) or one per stage), ``mlp_ratio``,
     ``qkv_bias``, ``drop_rate`` (before the classifier), ``proj_drop_rate``, ``attn_drop_rate``,
-    ``drop_path_rate``, ``norm_eps``. MiniViT's: ``share`` (layers per shared block: an int for every stage or
-    one per stage) or ``unique_blocks`` (shared blocks per stage, the authors' ``separate_layer_num_list``),
-    ``transforms`` (per-layer head mixing, with bias), ``separate_norms``, ``mlp_transform`` (per-layer LN +
-    depth-wise 7x7 conv), ``transform_init`` (``trunc_normal`` as the authors, or ``identity``),
-    ``mask_regular_windows`` (the authors' mask quirk, see the module docstring).
+    ``drop_path_rate``, ``norm_eps``; ``mask_regular_windows`` (the authors' mask quirk, see the module
+    docstring); ``spec`` (a :class:`~minivit.MultiplexSpec` or its dict: every multiplexing option; ``share`` an
+    int for every stage or one per stage); ``sources`` (per stage, the ``depth`` timm blocks the layers start
+    from; by default one fresh block per group). ``self.spec`` and ``self.arch_args`` (JSON-able) record how
+    the model was built.
     """
 
     def __init__(
@@ -439,38 +395,23 @@ class MultiplexedSwinTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         norm_eps: float = 1e-5,
-        share=None,
-        unique_blocks=None,
-        transforms: bool = True,
-        separate_norms: bool = True,
-        mlp_transform: bool = True,
         mask_regular_windows: bool = False,
-        transform_init: str = "trunc_normal",
+        spec: MultiplexSpec | dict | None = None,
+        sources: list[list[nn.Module]] | None = None,
     ):
         super().__init__()
         depths, num_heads = list(depths), list(num_heads)
-        if not depths or len(num_heads) != len(depths):
-            raise ConfigError(f"depths {depths} and num_heads {num_heads} must have one entry per stage")
-        if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
-            raise ConfigError(f"embed_dim must be a positive int, got {embed_dim!r}")
-        dims = [embed_dim * 2**s for s in range(len(depths))]
-        for s, (dim, heads) in enumerate(zip(dims, num_heads)):
-            if dim % heads:
-                raise ConfigError(f"stage {s}: width {dim} is not divisible by {heads} heads", "change num_heads")
-        shares = resolve_share(depths, share, unique_blocks)
-        windows = resolve_window_sizes(window_size, len(depths))
-        geometry = stage_geometry(img_size, patch_size, windows)
-        if transform_init not in TRANSFORM_INITS:
-            raise ConfigError(f"unknown transform_init {transform_init!r}", f"use one of {', '.join(TRANSFORM_INITS)}")
-
-        self.init_args = dict(
+        self.arch_args = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             global_pool=global_pool, embed_dim=embed_dim, depths=depths, num_heads=num_heads,
             window_size=window_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate,
             proj_drop_rate=proj_drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-            norm_eps=norm_eps, share=shares, transforms=transforms, separate_norms=separate_norms,
-            mlp_transform=mlp_transform, mask_regular_windows=mask_regular_windows, transform_init=transform_init,
-        )  # JSON-able record of how this model was built (config.json of save_pretrained)
+            norm_eps=norm_eps, mask_regular_windows=mask_regular_windows,
+        )  # JSON-able record of the architecture (config.json of save_pretrained)
+        self.spec = as_spec(spec)
+        dims = _check_widths(embed_dim, depths, num_heads)
+        self.share = check_spec(self.spec, depths)
+        self.geometry = stage_geometry(img_size, patch_size, resolve_window_sizes(window_size, len(depths)))
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -478,8 +419,6 @@ class MultiplexedSwinTransformer(nn.Module):
         self.num_layers = len(depths)
         self.embed_dim = embed_dim
         self.num_features = self.head_hidden_size = dims[-1]
-        self.share = shares
-        self.geometry = geometry
 
         def norm_layer(d, **kw):
             return nn.LayerNorm(d, eps=norm_eps, **kw)
@@ -488,25 +427,17 @@ class MultiplexedSwinTransformer(nn.Module):
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
             norm_layer=norm_layer, strict_img_size=True, output_fmt="NHWC",
         )
+        fresh = sources is None
+        if fresh:
+            sources = self._fresh_blocks(dims, depths, norm_layer)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        stages, start = [], 0
-        self.feature_info = []
-        for s, (depth, dim, heads, k, geo) in enumerate(zip(depths, dims, num_heads, shares, geometry)):
-            fresh = [
-                SwinTransformerBlock(
-                    dim=dim, input_resolution=geo["resolution"], num_heads=heads, window_size=geo["window"],
-                    shift_size=0, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
-                    attn_drop=attn_drop_rate, norm_layer=norm_layer,
-                )
-                for _ in range(depth // k)
-            ]  # one per group: no throwaway blocks
+        stages, self.feature_info = [], []
+        for s, (dim, k, geo) in enumerate(zip(dims, self.share, self.geometry)):
+            start = sum(depths[:s])
             blocks = multiplex_swin_blocks(
-                [fresh[i // k] for i in range(depth)], k, geometry=geo, transforms=transforms,
-                separate_norms=separate_norms, mlp_transform=mlp_transform,
-                mask_regular_windows=mask_regular_windows, init="first", transform_init=transform_init,
-                drop_path=dpr[start : start + depth],
+                sources[s], k, self.spec, geometry=geo, mask_regular_windows=mask_regular_windows,
+                drop_path=dpr[start : start + depths[s]],
             )
-            start += depth
             downsample = PatchMerging(dim=dims[s - 1], out_dim=dim, norm_layer=norm_layer) if s > 0 else nn.Identity()
             stages.append(MultiplexedSwinStage(downsample, blocks))
             reduction = max(to_2tuple(patch_size)) * 2**s
@@ -516,7 +447,23 @@ class MultiplexedSwinTransformer(nn.Module):
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NHWC"
         )
-        self._init_weights()
+        if fresh:  # else every weight comes from the teacher
+            self._init_weights()
+
+    def _fresh_blocks(self, dims, depths, norm_layer) -> list[list[nn.Module]]:
+        """Per stage, one new timm block per group, listed once per layer (no throwaway blocks)."""
+        a, out = self.arch_args, []
+        for dim, depth, heads, k, geo in zip(dims, depths, a["num_heads"], self.share, self.geometry):
+            fresh = [
+                SwinTransformerBlock(
+                    dim=dim, input_resolution=geo["resolution"], num_heads=heads, window_size=geo["window"],
+                    shift_size=0, mlp_ratio=a["mlp_ratio"], qkv_bias=a["qkv_bias"], proj_drop=a["proj_drop_rate"],
+                    attn_drop=a["attn_drop_rate"], norm_layer=norm_layer,
+                )
+                for _ in range(depth // k)
+            ]
+            out.append([fresh[i // k] for i in range(depth)])
+        return out
 
     @torch.no_grad()
     def _init_weights(self) -> None:
@@ -562,7 +509,7 @@ class MultiplexedSwinTransformer(nn.Module):
         self.head.reset(num_classes, pool_type=global_pool)
         if global_pool is not None:
             self.global_pool = global_pool
-        self.init_args.update(num_classes=num_classes, global_pool=self.global_pool)
+        self.arch_args.update(num_classes=num_classes, global_pool=self.global_pool)
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x)
@@ -576,53 +523,83 @@ class MultiplexedSwinTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-# --------------------------------------------------------------------------- the authors' hyper-parameters
-
-_OFFICIAL_FIELDS = {
-    "architecture", "is_sep_layernorm", "is_transform_FFN", "is_transform_heads", "img_size", "patch_size",
-    "in_chans", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "qkv_bias", "qk_scale",
-    "num_classes", "separate_layer_num_list", "drop_rate", "attn_drop_rate", "drop_path_rate", "ape",
-    "patch_norm", "use_checkpoint",
-}
-
-
-def swin_kwargs_from_official_config(cfg) -> dict:
-    """Map the authors' Mini-Swin hyper-parameter names to :class:`MultiplexedSwinTransformer` kwargs."""
-    unknown = sorted(set(cfg) - _OFFICIAL_FIELDS)
-    if unknown:
+def describe_swin(model: SwinTransformer) -> dict:
+    """The keyword arguments of :class:`MultiplexedSwinTransformer` that rebuild ``model``'s architecture."""
+    if isinstance(model, MultiplexedSwinTransformer):
+        return dict(model.arch_args)
+    if not isinstance(model, SwinTransformer):
         raise ConfigError(
-            f"unknown Mini-Swin config fields: {', '.join(unknown)}", f"known fields: {sorted(_OFFICIAL_FIELDS)}"
+            f"{type(model).__name__} is not a timm SwinTransformer",
+            "use a Swin (v1) model such as swin_tiny_patch4_window7_224",
         )
-    if cfg.get("ape", False):
-        raise ConfigError("absolute position embedding (ape=true) is not supported", "the released models have none")
-    if not cfg.get("patch_norm", True):
-        raise ConfigError("patch_norm=false is not supported", "the released models use patch_norm=true")
-    if cfg.get("qk_scale") is not None:
-        raise ConfigError("qk_scale is not supported", "the released models use the default head_dim**-0.5")
-    depths = list(cfg.get("depths", (2, 2, 6, 2)))
+    stages = list(model.layers)
+    blocks = [list(st.blocks) for st in stages]
+    if not all(blocks) or not all(isinstance(b, SwinTransformerBlock) for bs in blocks for b in bs):
+        raise ConfigError("every Swin stage needs at least one timm SwinTransformerBlock", "use a timm Swin (v1)")
+    b0 = blocks[0][0]
+    dims = [bs[0].norm1.normalized_shape[0] for bs in blocks]
+    embed_dim = dims[0]
+    if dims != [embed_dim * 2**s for s in range(len(dims))]:
+        raise ConfigError(f"stage widths {dims} do not double per stage", "use a Swin with an int embed_dim")
+    for s, bs in enumerate(blocks):
+        attn = bs[0].attn
+        if attn.qkv.out_features != 3 * dims[s]:
+            raise ConfigError(f"stage {s} uses head_dim != width/heads", "use a Swin without a custom head_dim")
+    if getattr(b0, "dynamic_mask", False) or getattr(b0, "always_partition", False):
+        raise ConfigError(
+            "Swin models with dynamic image size or always_partition are not supported",
+            "build the timm Swin with a fixed img_size (strict_img_size=True) and always_partition=False",
+        )
+    if type(b0.mlp) is not Mlp or type(b0.mlp.act) is not nn.GELU or not isinstance(b0.norm1, nn.LayerNorm):
+        raise ConfigError(
+            "only Swin blocks with LayerNorm and timm's GELU Mlp are supported",
+            "use a standard timm SwinTransformer",
+        )
+    ratios = {bs[0].mlp.fc1.out_features / dims[s] for s, bs in enumerate(blocks)}
+    if len(ratios) != 1:
+        raise ConfigError(f"per-stage mlp ratios {sorted(ratios)} are not supported", "use one mlp_ratio")
+    windows = [list(w) for w in getattr(model, "_ref_window_sizes", [b[0].window_size for b in blocks])]
+    window_size = windows[0][0] if all(w == [windows[0][0]] * 2 for w in windows) else windows
+    last = blocks[-1][-1].drop_path1
     return dict(
-        img_size=cfg.get("img_size", 224),
-        patch_size=cfg.get("patch_size", 4),
-        in_chans=cfg.get("in_chans", 3),
-        num_classes=cfg.get("num_classes", 1000),
-        embed_dim=cfg.get("embed_dim", 96),
-        depths=depths,
-        num_heads=list(cfg.get("num_heads", (3, 6, 12, 24))),
-        window_size=cfg.get("window_size", 7),
-        mlp_ratio=cfg.get("mlp_ratio", 4.0),
-        qkv_bias=cfg.get("qkv_bias", True),
-        proj_drop_rate=cfg.get("drop_rate", 0.0),
-        attn_drop_rate=cfg.get("attn_drop_rate", 0.0),
-        drop_path_rate=cfg.get("drop_path_rate", 0.1),
-        unique_blocks=list(cfg.get("separate_layer_num_list", [1] * len(depths))),
-        separate_norms=bool(cfg.get("is_sep_layernorm", False)),
-        mlp_transform=bool(cfg.get("is_transform_FFN", False)),
-        transforms=bool(cfg.get("is_transform_heads", False)),
-        mask_regular_windows=True,
-        transform_init="trunc_normal",
+        img_size=list(model.patch_embed.img_size),
+        patch_size=list(model.patch_embed.patch_size),
+        in_chans=model.patch_embed.proj.in_channels,
+        num_classes=model.num_classes,
+        global_pool=model.global_pool,
+        embed_dim=embed_dim,
+        depths=[len(bs) for bs in blocks],
+        num_heads=[bs[0].attn.num_heads for bs in blocks],
+        window_size=window_size,
+        mlp_ratio=ratios.pop(),
+        qkv_bias=b0.attn.qkv.bias is not None,
+        drop_rate=float(model.head.drop.p),
+        proj_drop_rate=float(b0.attn.proj_drop.p),
+        attn_drop_rate=float(b0.attn.attn_drop.p),
+        drop_path_rate=float(getattr(last, "drop_prob", 0.0)),
+        norm_eps=float(b0.norm1.eps),
     )
 
 
-def build_from_official_config(cfg) -> MultiplexedSwinTransformer:
-    """The model the authors' code builds from ``cfg`` (their names, as their JSON configs)."""
-    return MultiplexedSwinTransformer(**swin_kwargs_from_official_config(cfg))
+def from_teacher(teacher: SwinTransformer, spec: MultiplexSpec) -> MultiplexedSwinTransformer:
+    """A :class:`MultiplexedSwinTransformer` whose groups are built once from a timm Swin ``teacher``'s blocks.
+
+    ``spec.share``: layers per shared block, an int for every stage (it must divide each stage depth) or one
+    per stage. With ``share=1``, identity transforms and the residual MLP transform (the defaults) the student
+    computes the teacher's function.
+    """
+    if isinstance(teacher, MultiplexedSwinTransformer):
+        raise ConfigError("the model is already multiplexed", "pass the original (teacher) Swin")
+    args = describe_swin(teacher)
+    sources = [list(stage.blocks) for stage in teacher.layers]
+    return student_from_teacher(teacher, MultiplexedSwinTransformer, args, spec, sources, lambda k: ".blocks." in k)
+
+
+FAMILY = Family(
+    name="swin",
+    teacher_types=(SwinTransformer,),
+    student_type=MultiplexedSwinTransformer,
+    config_name="multiplexed_swin",
+    from_teacher=from_teacher,
+    legacy_spec={"mlp_residual": False},  # the only MLP transform form before the residual one existed
+)

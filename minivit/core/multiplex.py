@@ -65,13 +65,18 @@ def build_groups(
     depth: int,
     share: int,
     make_shared: Callable[[int], nn.Module],
-    make_layer: Callable[[int], nn.Module],
+    make_layer: Callable[[int, nn.Module], nn.Module],
 ) -> list[Multiplexed]:
-    """Build ``depth // share`` groups; ``make_shared(g)`` and ``make_layer(i)`` take 0-based indices."""
-    groups = check_share(depth, share)
-    return [
-        Multiplexed(make_shared(g), [make_layer(g * share + r) for r in range(share)]) for g in range(groups)
-    ]
+    """Build ``depth // share`` groups, each shared block once.
+
+    ``make_shared(g)`` takes the 0-based group index, ``make_layer(i, shared)`` the 0-based layer index and
+    the shared block its group runs (per-layer parts such as low-rank deltas are defined relative to it).
+    """
+    groups = []
+    for g in range(check_share(depth, share)):
+        shared = make_shared(g)
+        groups.append(Multiplexed(shared, [make_layer(g * share + r, shared) for r in range(share)]))
+    return groups
 
 
 def iter_layers(module: nn.Module) -> Iterator[tuple[nn.Module, nn.Module]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-TRANSFORM_INITS = ("identity", "trunc_normal")
+from ..spec import TRANSFORM_INITS
 
 
 class HeadMix(nn.Module):

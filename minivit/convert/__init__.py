@@ -1,1 +1,0 @@
-"""Conversions into minivit models: the authors' checkpoints and timm teachers."""

@@ -1,0 +1,91 @@
+"""Relaxed sharing: a per-layer low-rank delta on the weights a group shares.
+
+With ``delta_rank = r > 0`` every layer of a group adds ``B_l (A_l x) + b_l`` to each shared linear map
+(attention qkv and proj, MLP fc1 and fc2): ``A_l`` is ``(r, in)``, ``B_l`` is ``(out, r)`` and ``b_l`` a bias
+offset (where the shared map has a bias). The factors stay factorised, in the model and in saved files, so
+a layer costs ``r * (in + out) + out`` numbers per map instead of ``in * out``.
+
+Built from a teacher, the delta starts at the truncated SVD of ``W_teacher_l - W_shared`` (and
+``b_l = bias_teacher_l - bias_shared``): the student equals its teacher when ``r`` reaches the rank of that
+difference. Components with no singular value to start from (e.g. the first layer of a group with
+``init=first``) get a small random ``A`` and a zero ``B``: they add nothing at step 0 but can learn.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DELTA_NAMES = ("qkv", "proj", "fc1", "fc2")
+
+
+class LowRankDelta(nn.Module):
+    """``x -> up @ (down @ x) + bias``: a rank-``rank`` correction of one shared ``nn.Linear``."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None):
+        super().__init__()
+        rank = min(rank, in_features, out_features)
+        self.down = nn.Parameter(torch.empty(rank, in_features, device=device))
+        self.up = nn.Parameter(torch.zeros(out_features, rank, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
+        nn.init.normal_(self.down, std=0.02)
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    @torch.no_grad()
+    def init_from(self, weight: Tensor, bias: Tensor | None = None) -> LowRankDelta:
+        """Start at the best rank-``rank`` approximation of ``weight`` (an (out, in) difference)."""
+        r = self.rank
+        u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64), full_matrices=False)
+        root = s[:r].sqrt()
+        down, up = root[:, None] * vh[:r], u[:, :r] * root
+        dead = s[:r] <= s[0] * 1e-7 if s.numel() and s[0] > 0 else torch.ones(r, dtype=torch.bool)
+        down[dead] = torch.randn_like(down[dead]) * 0.02
+        up[:, dead] = 0
+        self.down.copy_(down.to(self.down))
+        self.up.copy_(up.to(self.up))
+        if self.bias is not None:
+            self.bias.copy_(bias if bias is not None else torch.zeros_like(self.bias))
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(F.linear(x, self.down), self.up, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.down.shape[1]}, out_features={self.up.shape[0]}, rank={self.rank}"
+
+
+class LayerDeltas(nn.Module):
+    """One layer's deltas on its group's shared ``qkv``, ``proj``, ``fc1`` and ``fc2``."""
+
+    def __init__(self, deltas: dict[str, LowRankDelta]):
+        super().__init__()
+        for name in DELTA_NAMES:
+            setattr(self, name, deltas[name])
+
+    @classmethod
+    def between(cls, shared: dict[str, nn.Linear], own: dict[str, nn.Linear], rank: int) -> LayerDeltas:
+        """Deltas taking the ``shared`` linear maps to this layer's ``own`` (same names, same shapes)."""
+        deltas = {}
+        for name in DELTA_NAMES:
+            s, o = shared[name], own[name]
+            d = LowRankDelta(s.in_features, s.out_features, rank, s.bias is not None, device=s.weight.device)
+            bias = None if s.bias is None else o.bias - s.bias
+            deltas[name] = d.init_from(o.weight - s.weight, bias)
+        return cls(deltas)
+
+
+def linear(module: nn.Linear, x: Tensor, delta: LowRankDelta | None) -> Tensor:
+    """``module(x)``, plus the layer's delta if it has one."""
+    return module(x) if delta is None else module(x) + delta(x)
+
+
+def mlp(module: nn.Module, x: Tensor, deltas: LayerDeltas | None) -> Tensor:
+    """timm's ``Mlp`` forward (fc1, act, drop1, norm, fc2, drop2) with the layer's deltas on fc1 and fc2."""
+    if deltas is None:
+        return module(x)
+    x = module.drop1(module.act(linear(module.fc1, x, deltas.fc1)))
+    return module.drop2(linear(module.fc2, module.norm(x), deltas.fc2))

@@ -1,0 +1,192 @@
+"""Mini-DeiT: the authors' released weight-multiplexed DeiT models.
+
+Each is a DeiT with share 2 (12 layers from 6 shared blocks), per-layer LayerNorms, per-layer
+pre/post-softmax head mixing (no bias) and per-layer iRPE on keys; no class token: the classifier
+reads the average of the final-normed tokens. Parameter counts (1000 classes) equal the authors':
+tiny 3,090,304, small 11,450,824, base 44,098,408, base-384 44,390,248.
+
+``pretrained=True`` downloads the authors' release and converts it on the fly. Multiplexing options
+(``share=...`` or ``spec=``) and timm ViT arguments are accepted as keywords.
+
+Also here: the authors' checkpoint key names (:data:`KEY_RULES`) and hyper-parameter names
+(:func:`official_kwargs`) for Mini-DeiT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ..errors import ConfigError
+from ..families.vit import MultiplexedVisionTransformer
+from ..spec import MultiplexSpec, as_spec
+from .keys import KeyRules, rename_keys
+
+_RELEASE = "https://github.com/DominickZhang/MiniViT-model-zoo/releases/download/v1.0.0/"
+
+
+def _cfg(file: str, **kwargs) -> dict:
+    return {
+        "url": _RELEASE + file,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "mit",
+        "paper_ids": "arXiv:2204.07154",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "mini_deit_tiny_patch16_224": _cfg("mini_deit_tiny_patch16_224.pth"),
+        "mini_deit_small_patch16_224": _cfg("mini_deit_small_patch16_224.pth"),
+        "mini_deit_base_patch16_224": _cfg("mini_deit_base_patch16_224.pth"),
+        "mini_deit_base_patch16_384": _cfg("mini_deit_base_patch16_384.pth", input_size=(3, 384, 384), crop_pct=1.0),
+    }
+)
+
+MINI_DEIT_SPEC = MultiplexSpec(share=2, transforms=True, separate_norms=True, irpe=True, irpe_ratio=1.9,
+                               transform_init="trunc_normal")
+MINI_DEIT_ARCH = dict(class_token=False, global_pool="avg", fc_norm=False, qkv_bias=True, mlp_ratio=4.0, norm_eps=1e-6)
+
+
+def _flatten_mix(key: str, value):
+    return value.flatten(1) if key.endswith("_mix.weight") and value.dim() == 4 else value  # 1x1 conv over heads
+
+
+# the authors' layout: blocks.{g}.block.norm1.instances.{r}.weight, ...attn.conv_l.instances.{r}.weight (1x1
+# convs over heads), ...attn.rpe_k.instances.{r}.lookup_table_weight; ours: blocks.{g}.layers.{r}.norm1.weight,
+# ...layers.{r}.pre_mix.weight, ...layers.{r}.rpe.weight, blocks.{g}.shared.attn.qkv.weight
+_R, _P = r"instances\.(?P<r>\d+)", r"(?P<p>weight|bias)$"
+KEY_RULES = KeyRules(
+    block=r"blocks\.(?P<g>\d+)\.(?:block\.)?(?P<rest>.+)$",
+    prefix="blocks.{g}",
+    rules=(
+        (rf"norm1\.{_R}\.{_P}", "layers.{r}.norm1.{p}"),
+        (rf"norm2\.{_R}\.{_P}", "layers.{r}.norm2.{p}"),
+        (rf"attn\.rpe_k\.{_R}\.lookup_table_weight$", "layers.{r}.rpe.weight"),
+        (rf"attn\.conv_l\.{_R}\.{_P}", "layers.{r}.pre_mix.{p}"),
+        (rf"attn\.conv_w\.{_R}\.{_P}", "layers.{r}.post_mix.{p}"),
+        (rf"attn\.(?P<n>qkv|proj)\.{_P}", "shared.attn.{n}.{p}"),
+        (rf"mlp\.(?P<n>fc1|fc2)\.{_P}", "shared.mlp.{n}.{p}"),
+    ),
+    fix_value=_flatten_mix,
+)
+
+
+def convert_official_deit(state_dict) -> dict:
+    """Rename an authors' Mini-DeiT state dict to :class:`MultiplexedVisionTransformer` keys."""
+    return rename_keys(state_dict, KEY_RULES)
+
+
+def _filter_official(state_dict, model):
+    if "model" in state_dict:
+        state_dict = state_dict["model"]
+    return convert_official_deit(state_dict)
+
+
+def _create(variant: str, pretrained: bool, arch: dict, kwargs: dict) -> MultiplexedVisionTransformer:
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in MultiplexSpec.field_names()}
+    spec = as_spec(kwargs.pop("spec", None) or MINI_DEIT_SPEC, **options)
+    args = {**MINI_DEIT_ARCH, **arch, **kwargs}
+    return build_model_with_cfg(
+        MultiplexedVisionTransformer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=_filter_official,
+        feature_cfg=None,
+        spec=spec,
+        **args,
+    )
+
+
+@register_model
+def mini_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MultiplexedVisionTransformer:
+    """Mini-DeiT-Ti: 3.09M parameters, 73.0% ImageNet top-1 (DeiT-Ti: 5.7M, 72.2%)."""
+    arch = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    return _create("mini_deit_tiny_patch16_224", pretrained, arch, kwargs)
+
+
+@register_model
+def mini_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> MultiplexedVisionTransformer:
+    """Mini-DeiT-S: 11.45M parameters, 80.9% ImageNet top-1 (DeiT-S: 22M, 79.8%)."""
+    arch = dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create("mini_deit_small_patch16_224", pretrained, arch, kwargs)
+
+
+@register_model
+def mini_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> MultiplexedVisionTransformer:
+    """Mini-DeiT-B: 44.10M parameters, 83.2% ImageNet top-1 (DeiT-B: 86M, 81.8%)."""
+    arch = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create("mini_deit_base_patch16_224", pretrained, arch, kwargs)
+
+
+@register_model
+def mini_deit_base_patch16_384(pretrained: bool = False, **kwargs) -> MultiplexedVisionTransformer:
+    """Mini-DeiT-B at 384 px: 44.39M parameters, 84.9% ImageNet top-1."""
+    arch = dict(img_size=384, patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create("mini_deit_base_patch16_384", pretrained, arch, kwargs)
+
+
+# --------------------------------------------------------------------------- the authors' hyper-parameters
+
+
+def official_kwargs(cfg: Mapping) -> dict:
+    """Map the authors' Mini-DeiT hyper-parameter names to :class:`MultiplexedVisionTransformer` kwargs."""
+    known = {
+        "architecture", "layer_norm_eps", "irpe", "img_size", "patch_size", "embed_dim", "depth", "num_heads",
+        "mlp_ratio", "qkv_bias", "num_classes", "use_cls_token", "repeated_times", "use_transform", "in_chans",
+        "drop_path_rate", "drop_rate", "attn_drop_rate",
+    }
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ConfigError(f"unknown Mini-DeiT config fields: {', '.join(unknown)}", f"known fields: {sorted(known)}")
+    irpe = cfg.get("irpe")
+    if irpe:
+        expected = {"method": "product", "mode": "contextual", "shared_head": True, "rpe_on": "k"}
+        for k, v in expected.items():
+            got = irpe.get(k, v)
+            if (got if k != "mode" else {"ctx": "contextual"}.get(got, got)) != v:
+                raise ConfigError(f"iRPE {k}={got!r} is not supported", f"Mini-DeiT uses {k}={v!r}")
+    cls_token = bool(cfg.get("use_cls_token", True))
+    eps = float(cfg.get("layer_norm_eps", 1e-6))
+    return dict(
+        img_size=cfg.get("img_size", 224),
+        patch_size=cfg.get("patch_size", 16),
+        in_chans=cfg.get("in_chans", 3),
+        num_classes=cfg.get("num_classes", 1000),
+        embed_dim=cfg.get("embed_dim", 768),
+        depth=cfg.get("depth", 12),
+        num_heads=cfg.get("num_heads", 12),
+        mlp_ratio=cfg.get("mlp_ratio", 4.0),
+        qkv_bias=cfg.get("qkv_bias", True),
+        class_token=cls_token,
+        global_pool="token" if cls_token else "avg",
+        fc_norm=False,
+        norm_eps=eps,
+        drop_rate=cfg.get("drop_rate", 0.0),
+        attn_drop_rate=cfg.get("attn_drop_rate", 0.0),
+        drop_path_rate=cfg.get("drop_path_rate", 0.0),
+        spec=MultiplexSpec(
+            share=cfg.get("repeated_times", 1),
+            transforms=bool(cfg.get("use_transform", False)),
+            separate_norms=True,
+            irpe=bool(irpe),
+            irpe_ratio=float(irpe.get("ratio", 1.9)) if irpe else 1.9,
+            transform_init="trunc_normal",
+        ),
+    )
+
+
+def build_from_official_config(cfg: Mapping) -> MultiplexedVisionTransformer:
+    """The model the authors' code builds from ``cfg`` (their names, as their JSON configs)."""
+    return MultiplexedVisionTransformer(**official_kwargs(cfg))
