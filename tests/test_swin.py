@@ -249,3 +249,62 @@ def test_bad_input_gives_clear_errors():
         multiplex_swin(mini_swin(), 1)
     with pytest.raises(ConfigError, match="not divisible by 3 heads"):
         mini_swin(num_heads=[3, 3])
+
+
+@pytest.mark.parametrize(
+    "img_size, patch_size, window_size, depths",
+    [(32, 2, 4, (2, 2)), (48, 4, 3, (2, 2)), (56, 2, 7, (2, 2)), ((32, 48), 2, 4, (2, 4)), (64, 4, 8, (4, 2))],
+)
+def test_default_student_starts_equal_to_its_teacher(img_size, patch_size, window_size, depths):
+    teacher = tiny_swin(img_size=img_size, patch_size=patch_size, window_size=window_size, depths=depths)
+    student = minivit.multiplex(teacher, share=1).eval()  # default options: MLP transform on, residual form
+    layer = student.layers[0].blocks[0].layers[0]
+    assert layer.local_conv is not None and layer.local_residual
+    x = torch.randn(2, 3, *((img_size,) * 2 if isinstance(img_size, int) else img_size))
+    with torch.no_grad():
+        ref = teacher(x)
+        assert (student(x) - ref).abs().max() / ref.abs().max() < 1e-5
+
+
+def test_released_architectures_keep_the_authors_mlp_transform_form(tmp_path):
+    model = mini_swin()
+    assert model.spec.mlp_residual is False
+    assert not any(getattr(m, "local_residual", False) for m in model.modules())
+    student = minivit.multiplex(tiny_swin(), share=2)
+    minivit.save_pretrained(student, tmp_path / "s")
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert cfg["multiplex"]["mlp_residual"] is True and "share" not in cfg["model_args"]
+    assert minivit.from_pretrained(tmp_path / "s").spec == student.spec
+
+
+LEGACY_SWIN_CONFIG = {
+    "family": "multiplexed_swin",
+    "model_args": {
+        "img_size": [32, 32], "patch_size": [2, 2], "in_chans": 3, "num_classes": 10, "global_pool": "avg",
+        "embed_dim": 32, "depths": [2, 2], "num_heads": [2, 4], "window_size": 4, "mlp_ratio": 4.0, "qkv_bias": True,
+        "drop_rate": 0.0, "proj_drop_rate": 0.0, "attn_drop_rate": 0.0, "drop_path_rate": 0.10000000149011612,
+        "norm_eps": 1e-05, "share": [2, 2], "transforms": True, "separate_norms": True, "mlp_transform": True,
+        "mask_regular_windows": False, "transform_init": "identity",
+    },
+    "format_version": 1,
+    "num_classes": 10,
+}
+
+
+def test_folders_saved_in_the_older_config_layout_still_load(tmp_path):
+    """Such a folder's MLP transform is the authors' form (the only one there was)."""
+    from safetensors.torch import save_file
+
+    student = minivit.multiplex(tiny_swin(), share=2, mlp_residual=False).eval()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LEGACY_SWIN_CONFIG))
+    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(folder / "model.safetensors"))
+    again = minivit.from_pretrained(folder)
+    assert again.spec == minivit.MultiplexSpec(share=(2, 2), mlp_transform=True, mlp_residual=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x), student(x))

@@ -168,3 +168,49 @@ def test_bad_input_gives_clear_errors(tmp_path):
         minivit.load_official(tmp_path / "nope.pth", cfg)
     with pytest.raises(CheckpointError, match="config.json is missing"):
         minivit.from_pretrained(tmp_path)
+
+
+def test_spec_is_stored_whole_and_saved_as_one_object(tmp_path):
+    spec = minivit.MultiplexSpec(share=2, irpe=True, init="mean")
+    student = minivit.multiplex(tiny_vit(), spec)
+    assert student.spec == spec and "share" not in student.arch_args
+    minivit.save_pretrained(student, tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["family"] == "multiplexed_vit" and cfg["multiplex"] == spec.to_dict()
+    assert minivit.from_pretrained(tmp_path / "m").spec == spec
+
+
+# config.json as written before the spec had its own object: the options sat among model_args
+LEGACY_VIT_CONFIG = {
+    "family": "multiplexed_vit",
+    "model_args": {
+        "img_size": [32, 32], "patch_size": [8, 8], "in_chans": 3, "num_classes": 10, "global_pool": "token",
+        "embed_dim": 48, "depth": 4, "num_heads": 3, "mlp_ratio": 4.0, "qkv_bias": True, "qk_norm": False,
+        "proj_bias": True, "init_values": None, "class_token": True, "pos_embed": "learn", "no_embed_class": False,
+        "reg_tokens": 0, "pre_norm": False, "final_norm": True, "fc_norm": False, "pool_include_prefix": False,
+        "dynamic_img_size": False, "act_layer": "gelu", "share": 2, "transforms": True, "separate_norms": True,
+        "irpe": True, "irpe_ratio": 1.9, "transform_init": "identity", "norm_eps": 1e-06,
+    },
+    "format_version": 1,
+    "num_classes": 10,
+}
+
+
+def test_folders_saved_in_the_older_config_layout_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    student = minivit.multiplex(tiny_vit(), share=2, irpe=True).eval()
+    with torch.no_grad():
+        for p in student.parameters():  # trained-like: iRPE tables and transforms away from their start
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LEGACY_VIT_CONFIG))
+    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(folder / "model.safetensors"))
+    again = minivit.from_pretrained(folder)
+    assert again.spec == minivit.MultiplexSpec(share=2, irpe=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x), student(x))
+    minivit.save_pretrained(again, tmp_path / "new")  # re-saved in the current layout
+    assert "multiplex" in json.loads((tmp_path / "new" / "config.json").read_text())

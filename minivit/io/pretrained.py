@@ -112,7 +112,8 @@ def build_from_config(cfg: dict) -> nn.Module:
         raise
     except (TypeError, ValueError, AssertionError) as e:
         raise ConfigError(f"config.json does not describe a valid model: {e}", "check model_args") from None
-    model.minivit_config = {k: v for k, v in cfg.items() if k not in ("format_version", "num_classes")}
+    if cfg["family"] == "timm":  # the others are described again from the model (older layouts are upgraded)
+        model.minivit_config = {k: v for k, v in cfg.items() if k not in ("format_version", "num_classes")}
     return model
 
 

@@ -1,0 +1,130 @@
+"""Relaxed sharing (spec.delta_rank): per-layer low-rank deltas on the shared qkv/proj/fc1/fc2 weights."""
+
+import pytest
+import timm
+import torch
+
+import minivit
+from minivit.core import DELTA_NAMES, LayerDeltas, LowRankDelta, iter_layers, unique_parameter_count
+
+
+def tiny_vit():
+    torch.manual_seed(0)
+    m = minivit.create_model("vit_small_patch16_224", img_size=32, patch_size=8, depth=4, embed_dim=48,
+                             num_heads=3, num_classes=10).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def tiny_swin(same_tables: bool = False):
+    torch.manual_seed(0)
+    m = timm.create_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=2, window_size=4, num_classes=10,
+                          embed_dim=32, depths=(2, 2), num_heads=(2, 4)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        if same_tables:  # what a delta cannot express: the shared relative-position table, made equal per pair
+            for stage in m.layers:
+                table = stage.blocks[0].attn.relative_position_bias_table
+                stage.blocks[1].attn.relative_position_bias_table.copy_(table)
+    return m
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_rank_zero_is_plain_minivit():
+    teacher = tiny_vit()
+    plain = minivit.multiplex(teacher, share=2)
+    zero = minivit.multiplex(teacher, share=2, delta_rank=0)
+    assert all(layer.delta is None for _, layer in iter_layers(zero))
+    assert plain.state_dict().keys() == zero.state_dict().keys()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(x), zero.eval()(x))
+
+
+@pytest.mark.parametrize("share, init", [(2, "first"), (4, "mean"), (2, "random")])
+def test_full_rank_reproduces_the_vit_teacher(share, init):
+    teacher = tiny_vit()
+    student = minivit.multiplex(teacher, share=share, init=init, delta_rank=10_000).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(student(x), teacher(x)) < 1e-5
+
+
+def test_full_rank_reproduces_the_swin_teacher():
+    teacher = tiny_swin(same_tables=True)
+    student = minivit.multiplex(teacher, share=2, delta_rank=10_000).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(student(x), teacher(x)) < 1e-5
+
+
+def test_higher_rank_starts_closer_to_the_teacher_weights():
+    teacher = tiny_vit()
+    errs = []
+    for r in (0, 4, 16, 48):
+        student = minivit.multiplex(teacher, share=4, delta_rank=r)
+        err = 0.0
+        for (shared, layer), block in zip(iter_layers(student), teacher.blocks):
+            w = shared.mlp.fc1.weight + (layer.delta.fc1.up @ layer.delta.fc1.down if r else 0)
+            err += (w - block.mlp.fc1.weight).norm().item()
+        errs.append(err)
+    assert errs[0] > errs[1] > errs[2] > errs[3] and errs[3] < 1e-4 * errs[0]
+
+
+def test_a_zero_delta_starts_silent_but_can_learn():
+    student = minivit.multiplex(tiny_vit(), share=2, delta_rank=4)  # init=first: layer 0 of a group is its block
+    d = student.blocks[0].layers[0].delta.qkv
+    assert d.up.abs().sum() == 0 and d.down.abs().sum() > 0 and d.bias.abs().sum() == 0
+    student.train()
+    student(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert d.up.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("rank", [1, 3, 100])
+def test_parameter_count_formula(rank):
+    teacher = tiny_vit()
+    base = unique_parameter_count(minivit.multiplex(teacher, share=2))
+    student = minivit.multiplex(teacher, share=2, delta_rank=rank)
+    extra = 0
+    for shared, _ in iter_layers(student):
+        for lin in (shared.attn.qkv, shared.attn.proj, shared.mlp.fc1, shared.mlp.fc2):
+            r = min(rank, lin.in_features, lin.out_features)
+            extra += r * (lin.in_features + lin.out_features) + lin.out_features
+    assert unique_parameter_count(student) == base + extra
+    # factorised in the saved state dict too: (rank, in) and (out, rank), never (out, in)
+    layer = student.blocks[0].layers[1]
+    assert layer.delta.fc1.down.shape == (min(rank, 48), 48) and layer.delta.fc1.up.shape == (192, min(rank, 48))
+
+
+def test_save_load_roundtrip_and_trace(tmp_path):
+    x = torch.randn(2, 3, 32, 32)
+    for i, student in enumerate([minivit.multiplex(tiny_vit(), share=2, delta_rank=3),
+                                 minivit.multiplex(tiny_swin(), share=2, delta_rank=3)]):
+        student.eval()
+        minivit.save_pretrained(student, tmp_path / str(i))
+        again = minivit.from_pretrained(tmp_path / str(i))
+        assert again.spec.delta_rank == 3
+        with torch.no_grad():
+            ref = student(x)
+            assert torch.equal(again(x), ref)
+            traced = torch.jit.trace(student, x, check_trace=False)
+            assert torch.allclose(traced(x), ref, atol=1e-6)
+
+
+def test_low_rank_delta_init_is_the_truncated_svd():
+    torch.manual_seed(0)
+    w = torch.randn(6, 2) @ torch.randn(2, 5)  # rank 2
+    exact = LowRankDelta(5, 6, 2).init_from(w)
+    assert torch.allclose(exact.up @ exact.down, w, atol=1e-5)
+    one = LowRankDelta(5, 6, 1).init_from(w)
+    u, s, vh = torch.linalg.svd(w)
+    assert torch.allclose(one.up @ one.down, s[0] * torch.outer(u[:, 0], vh[0]), atol=1e-5)
+    lin = torch.nn.Linear(5, 6)
+    deltas = LayerDeltas.between(dict.fromkeys(DELTA_NAMES, lin), dict.fromkeys(DELTA_NAMES, lin), 2)
+    assert all(getattr(deltas, n).up.abs().sum() == 0 for n in DELTA_NAMES)
