@@ -68,7 +68,8 @@ class LayerDeltas(nn.Module):
 
     @classmethod
     def between(cls, shared: dict[str, nn.Linear], own: dict[str, nn.Linear], rank: int) -> LayerDeltas:
-        """Deltas taking the ``shared`` linear maps to this layer's ``own`` (same names, same shapes)."""
+        """Deltas taking the ``shared`` linear maps to this layer's ``own`` (same names, same shapes; see
+        :func:`block_linears`)."""
         deltas = {}
         for name in DELTA_NAMES:
             s, o = shared[name], own[name]
@@ -76,6 +77,16 @@ class LayerDeltas(nn.Module):
             bias = None if s.bias is None else o.bias - s.bias
             deltas[name] = d.init_from(o.weight - s.weight, bias)
         return cls(deltas)
+
+
+def layer_deltas(shared: nn.Module, block: nn.Module, rank: int) -> LayerDeltas | None:
+    """The deltas taking a group's ``shared`` block to a layer's source ``block``; None for ``rank == 0``."""
+    return LayerDeltas.between(block_linears(shared), block_linears(block), rank) if rank else None
+
+
+def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
+    """The maps a delta corrects, by name, in a timm (or a shared) block: ``attn.qkv/proj``, ``mlp.fc1/fc2``."""
+    return dict(qkv=block.attn.qkv, proj=block.attn.proj, fc1=block.mlp.fc1, fc2=block.mlp.fc2)
 
 
 def linear(module: nn.Linear, x: Tensor, delta: LowRankDelta | None) -> Tensor:

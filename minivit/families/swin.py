@@ -52,7 +52,6 @@ from torch import Tensor, nn
 from ..core import (
     Family,
     HeadMix,
-    LayerDeltas,
     Tap,
     build_groups,
     check_share,
@@ -246,10 +245,6 @@ def _drop_path(rate: float) -> nn.Module:
     return DropPath(rate) if rate > 0 else nn.Identity()
 
 
-def _linears(block: nn.Module) -> dict[str, nn.Linear]:
-    return dict(qkv=block.attn.qkv, proj=block.attn.proj, fc1=block.mlp.fc1, fc2=block.mlp.fc2)
-
-
 def _mlp_transform(blk: SwinTransformerBlock, spec: MultiplexSpec) -> tuple[nn.Module, nn.Module]:
     """A layer's LayerNorm + depth-wise 7x7 conv. The conv starts at zero in the residual form (the layer is
     then its teacher's) and with identity transform init; else PyTorch's default init, as the authors."""
@@ -323,7 +318,7 @@ def multiplex_swin_blocks(
         if spec.transforms:
             device = blk.norm1.weight.device
             mixes = [HeadMix(num_heads, bias=True, init=spec.transform_init).to(device) for _ in range(2)]
-        delta = LayerDeltas.between(_linears(shared), _linears(blk), spec.delta_rank) if spec.delta_rank else None
+        delta = deltas.layer_deltas(shared, blk, spec.delta_rank)
         return SwinLayerParts(
             norm1=own["n1"] if spec.separate_norms else None,
             norm2=own["n2"] if spec.separate_norms else None,

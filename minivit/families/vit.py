@@ -24,7 +24,6 @@ from ..core import (
     ContextualRPE,
     Family,
     HeadMix,
-    LayerDeltas,
     Multiplexed,
     Tap,
     build_groups,
@@ -139,10 +138,6 @@ def _check_blocks(blocks) -> list[Block]:
     return blocks
 
 
-def _linears(block: nn.Module) -> dict[str, nn.Linear]:
-    return dict(qkv=block.attn.qkv, proj=block.attn.proj, fc1=block.mlp.fc1, fc2=block.mlp.fc2)
-
-
 def resolve_share(spec: MultiplexSpec, depth: int) -> int:
     """The ViT checks of a spec; returns the number of layers per shared block."""
     if spec.mlp_transform:
@@ -176,9 +171,7 @@ def multiplex_vit_blocks(
     def make_layer(i: int, shared: SharedBlock) -> LayerParts:
         blk = blocks[i]
         mixes = [HeadMix(num_heads, False, spec.transform_init) for _ in range(2)] if spec.transforms else [None] * 2
-        delta = None
-        if spec.delta_rank:
-            delta = LayerDeltas.between(_linears(shared), _linears(blk), spec.delta_rank)
+        delta = deltas.layer_deltas(shared, blk, spec.delta_rank)
         rpe = ContextualRPE(head_dim, buckets) if spec.irpe else None
         return LayerParts(blk, spec.separate_norms, *mixes, rpe=rpe, delta=delta)
 

@@ -1,4 +1,5 @@
-"""One rule-table key renamer for the authors' checkpoints (Mini-DeiT and Mini-Swin use it alike).
+"""What the released Mini-* families share: one rule-table key renamer for the authors' checkpoints, their
+timm pretrained config and checkpoint filter.
 
 A :class:`KeyRules` table says where the authors' blocks live (``block``: a regex whose named groups build
 our group ``prefix``, and whose last group ``rest`` is the key inside the block), how each in-block name maps
@@ -14,6 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg
+from torch import nn
+
+from ..spec import MultiplexSpec
 
 Template = str | Callable[[re.Match], str]
 
@@ -49,3 +55,48 @@ def rename_keys(state_dict: Mapping[str, torch.Tensor], table: KeyRules) -> dict
         new = new or key
         out[new] = table.fix_value(new, value) if table.fix_value else value
     return out
+
+
+RELEASE_URL = "https://github.com/DominickZhang/MiniViT-model-zoo/releases/download/v1.0.0/"
+
+
+def release_cfg(file: str, **kwargs) -> dict:
+    """timm's pretrained config of one released Mini-* model (ImageNet-1k, 224 px unless overridden)."""
+    return {
+        "url": RELEASE_URL + file,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "mit",
+        "paper_ids": "arXiv:2204.07154",
+        **kwargs,
+    }
+
+
+def official_filter(table: KeyRules) -> Callable[[dict, nn.Module], dict]:
+    """timm's ``pretrained_filter_fn`` for the authors' release: unwrap ``{"model": ...}`` and rename."""
+
+    def filter_fn(state_dict, model):
+        if "model" in state_dict:
+            state_dict = state_dict["model"]
+        return rename_keys(state_dict, table)
+
+    return filter_fn
+
+
+def split_spec_options(kwargs: dict) -> dict:
+    """Pop the :class:`~minivit.MultiplexSpec` field names out of a model's keyword arguments."""
+    return {k: kwargs.pop(k) for k in list(kwargs) if k in MultiplexSpec.field_names()}
+
+
+def build_release(model_cls: type, variant: str, pretrained: bool, table: KeyRules, **kwargs) -> nn.Module:
+    """timm's ``build_model_with_cfg`` for a released Mini-* model whose weights are in the authors' layout."""
+    return build_model_with_cfg(
+        model_cls, variant, pretrained, pretrained_filter_fn=official_filter(table), feature_cfg=None, **kwargs
+    )

@@ -16,41 +16,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from ..errors import ConfigError
 from ..families.vit import MultiplexedVisionTransformer
 from ..spec import MultiplexSpec, as_spec
-from .keys import KeyRules, rename_keys
-
-_RELEASE = "https://github.com/DominickZhang/MiniViT-model-zoo/releases/download/v1.0.0/"
-
-
-def _cfg(file: str, **kwargs) -> dict:
-    return {
-        "url": _RELEASE + file,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        "license": "mit",
-        "paper_ids": "arXiv:2204.07154",
-        **kwargs,
-    }
-
+from .keys import KeyRules, build_release, official_filter, release_cfg, rename_keys, split_spec_options
 
 default_cfgs = generate_default_cfgs(
     {
-        "mini_deit_tiny_patch16_224": _cfg("mini_deit_tiny_patch16_224.pth"),
-        "mini_deit_small_patch16_224": _cfg("mini_deit_small_patch16_224.pth"),
-        "mini_deit_base_patch16_224": _cfg("mini_deit_base_patch16_224.pth"),
-        "mini_deit_base_patch16_384": _cfg("mini_deit_base_patch16_384.pth", input_size=(3, 384, 384), crop_pct=1.0),
+        "mini_deit_tiny_patch16_224": release_cfg("mini_deit_tiny_patch16_224.pth"),
+        "mini_deit_small_patch16_224": release_cfg("mini_deit_small_patch16_224.pth"),
+        "mini_deit_base_patch16_224": release_cfg("mini_deit_base_patch16_224.pth"),
+        "mini_deit_base_patch16_384": release_cfg(
+            "mini_deit_base_patch16_384.pth", input_size=(3, 384, 384), crop_pct=1.0
+        ),
     }
 )
 
@@ -88,25 +68,14 @@ def convert_official_deit(state_dict) -> dict:
     return rename_keys(state_dict, KEY_RULES)
 
 
-def _filter_official(state_dict, model):
-    if "model" in state_dict:
-        state_dict = state_dict["model"]
-    return convert_official_deit(state_dict)
+_filter_official = official_filter(KEY_RULES)  # what timm applies to the downloaded release
 
 
 def _create(variant: str, pretrained: bool, arch: dict, kwargs: dict) -> MultiplexedVisionTransformer:
-    options = {k: kwargs.pop(k) for k in list(kwargs) if k in MultiplexSpec.field_names()}
+    options = split_spec_options(kwargs)
     spec = as_spec(kwargs.pop("spec", None) or MINI_DEIT_SPEC, **options)
     args = {**MINI_DEIT_ARCH, **arch, **kwargs}
-    return build_model_with_cfg(
-        MultiplexedVisionTransformer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=_filter_official,
-        feature_cfg=None,
-        spec=spec,
-        **args,
-    )
+    return build_release(MultiplexedVisionTransformer, variant, pretrained, KEY_RULES, spec=spec, **args)
 
 
 @register_model

@@ -18,34 +18,16 @@ Also here: the authors' checkpoint key names (:data:`KEY_RULES`) and hyper-param
 
 from __future__ import annotations
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from ..errors import ConfigError
 from ..families.swin import MultiplexedSwinTransformer, resolve_share
 from ..spec import MultiplexSpec, as_spec
-from .keys import KeyRules, rename_keys
-
-_RELEASE = "https://github.com/DominickZhang/MiniViT-model-zoo/releases/download/v1.0.0/"
+from .keys import KeyRules, build_release, official_filter, release_cfg, rename_keys, split_spec_options
 
 
-def _cfg(file: str, **kwargs) -> dict:
-    return {
-        "url": _RELEASE + file,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2204.07154",
-        **kwargs,
-    }
+def _cfg(file: str) -> dict:
+    return release_cfg(file, pool_size=(7, 7), fixed_input_size=True, classifier="head.fc")
 
 
 default_cfgs = generate_default_cfgs(
@@ -95,14 +77,11 @@ def convert_official_swin(state_dict) -> dict:
     return rename_keys(state_dict, KEY_RULES)
 
 
-def _filter_official(state_dict, model):
-    if "model" in state_dict:
-        state_dict = state_dict["model"]
-    return convert_official_swin(state_dict)
+_filter_official = official_filter(KEY_RULES)  # what timm applies to the downloaded release
 
 
 def _create(variant: str, pretrained: bool, arch: dict, kwargs: dict) -> MultiplexedSwinTransformer:
-    options = {k: kwargs.pop(k) for k in list(kwargs) if k in MultiplexSpec.field_names()}
+    options = split_spec_options(kwargs)
     unique_blocks = kwargs.pop("unique_blocks", None)
     args = {**MINI_SWIN_ARCH, **arch, **kwargs}
     released = args.pop("unique_blocks")
@@ -117,15 +96,7 @@ def _create(variant: str, pretrained: bool, arch: dict, kwargs: dict) -> Multipl
         options["share"] = resolve_share(depths, unique_blocks=released)
     spec = as_spec(kwargs.pop("spec", None) or MINI_SWIN_SPEC, **options)
     args.pop("spec", None)
-    return build_model_with_cfg(
-        MultiplexedSwinTransformer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=_filter_official,
-        feature_cfg=None,
-        spec=spec,
-        **args,
-    )
+    return build_release(MultiplexedSwinTransformer, variant, pretrained, KEY_RULES, spec=spec, **args)
 
 
 @register_model
