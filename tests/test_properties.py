@@ -63,6 +63,21 @@ def test_share1_identity_transforms_reproduce_the_teacher(c):
 
 
 @FAST
+@given(vit_configs())
+def test_full_rank_deltas_reproduce_the_teacher_at_any_share(c):
+    teacher = teacher_for(c)
+    with torch.no_grad():
+        for p in teacher.parameters():  # every layer different, as in a trained model
+            p.add_(torch.randn_like(p) * 0.05)
+    student = minivit.multiplex(teacher, share=c["share"], transforms=c["transforms"], irpe=c["irpe"],
+                                delta_rank=4 * c["width"]).eval()
+    x = torch.randn(c["batch"], 3, 16, 16)
+    with torch.no_grad():
+        ref = teacher(x)
+        assert (student(x) - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-6
+
+
+@FAST
 @given(st.integers(2, 12), st.integers(1, 12))
 def test_share_must_divide_depth(depth, share):
     teacher = minivit.create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, depth=depth,
