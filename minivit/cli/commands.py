@@ -12,9 +12,12 @@ is created, so a mistake leaves nothing behind.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -33,6 +36,31 @@ from ..train.state import LAST, atomic_write, load_checkpoint
 RUN_MARKERS = ("checkpoints", "report.json", "model.safetensors", "metrics.jsonl")
 # options that change how a run is executed, not what it computes: free to change on --resume
 _EXECUTION_ONLY = ("num_workers", "checkpoint_every", "progress", "eval_batch_size")
+
+
+@dataclass
+class RunOptions:
+    """What a ``train`` or ``compress`` run takes besides its configs: which data, and how the output
+    folder and the loop are handled."""
+
+    augment: bool = False  # light augmentation of the training images
+    train_limit: int | None = None  # at most this many training images (class-balanced)
+    val_limit: int | None = None  # at most this many validation images
+    resume: bool = False  # continue the run in the output folder
+    force: bool = False  # resume despite a changed configuration, or overwrite a run
+    callbacks: Sequence = ()  # per-step callbacks of the loop
+    log: Callable[[str], None] | None = say
+
+    def record(self) -> dict:
+        """The options that define a run's result (for its recorded configuration)."""
+        return {"augment": self.augment, "train_limit": self.train_limit, "val_limit": self.val_limit}
+
+
+def run_options(run: RunOptions | None, options: dict) -> RunOptions:
+    """``run`` (or the defaults) with the ``options`` named like its fields taken out of ``options``."""
+    names = [f.name for f in fields(RunOptions)]
+    changes = {k: options.pop(k) for k in names if k in options}
+    return dataclasses.replace(run or RunOptions(), **changes)
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -196,6 +224,10 @@ def compress_defaults() -> dict:
     return run_config(TrainConfig(), **MultiplexSpec().to_dict(), **DistillConfig().record())
 
 
+def _loop_options(run: RunOptions) -> dict:
+    return dict(resume=run.resume, force=run.force, callbacks=run.callbacks, log=run.log)
+
+
 def _label_smoothing(config: TrainConfig) -> float:
     return 0.0 if (config.mixup or config.cutmix) else config.label_smoothing  # Mixup smooths its own targets
 
@@ -224,29 +256,28 @@ def run_train(
     output,
     config: TrainConfig,
     model_args: dict | None = None,
-    *,
-    augment: bool = False,
-    train_limit: int | None = None,
-    val_limit: int | None = None,
-    resume: bool = False,
-    force: bool = False,
-    callbacks=(),
-    log=say,
+    run: RunOptions | None = None,
+    **options,
 ) -> dict:
-    """Train ``model`` (a name plus ``model_args``) from scratch on ``data``; returns the report."""
+    """Train ``model`` (a name plus ``model_args``) from scratch on ``data``; returns the report.
+
+    ``options`` override fields of ``run`` (``resume=True``, ``train_limit=1000``, ...)."""
+    run = run_options(run, options)
+    if options:
+        raise TypeError(f"run_train() got unexpected keyword argument(s) {', '.join(sorted(options))}")
     config.check()
     args = dict(model_args or {})
     in_chans = args.setdefault("in_chans", native_channels(data))
     torch.manual_seed(config.seed)
     net = _build_named(model, args)
     img_size, in_chans = input_spec(net)
-    train, val = load_data(data, img_size, in_chans, augment, train_limit, val_limit)
+    train, val = load_data(data, img_size, in_chans, run.augment, run.train_limit, run.val_limit)
     if "num_classes" not in args:
         args["num_classes"] = train.num_classes
         torch.manual_seed(config.seed)
         net = _build_named(model, args)
     check_classes(net, train)
-    out = check_output(output, resume, force)
+    out = check_output(output, run.resume, run.force)
 
     from ..distill.objective import SupervisedObjective
 
@@ -258,13 +289,9 @@ def run_train(
         model_args=args,
         architecture=model_config(net),
         data=str(data),
-        augment=augment,
-        train_limit=train_limit,
-        val_limit=val_limit,
+        **run.record(),
     )
-    result = fit(
-        objective, train, val, config, out, run_config=rc, resume=resume, force=force, callbacks=callbacks, log=log
-    )
+    result = fit(objective, train, val, config, out, run_config=rc, **_loop_options(run))
     report = {"command": "train", "model_name": model, "data": str(data), "classes": train.classes, "config": rc}
     return _finish(net, out, result, report, img_size, in_chans, processes().is_main_process)
 
@@ -300,34 +327,29 @@ def run_compress(
     spec: MultiplexSpec | None = None,
     distill: DistillConfig | None = None,
     teacher_args: dict | None = None,
-    augment: bool = False,
-    train_limit: int | None = None,
-    val_limit: int | None = None,
-    resume: bool = False,
-    force: bool = False,
-    callbacks=(),
-    log=say,
+    run: RunOptions | None = None,
     **options,
 ) -> dict:
     """Multiplex ``teacher`` as ``spec`` says (``share="all"``: one shared block), distil it as ``distill``
-    says, train as ``config`` says; returns the report. ``options`` override fields of ``spec`` and
-    ``distill`` (``share=4``, ``beta=0``; see :func:`compress_configs`)."""
+    says, train as ``config`` says; returns the report. ``options`` override fields of ``run``, ``spec``
+    and ``distill`` (``resume=True``, ``share=4``, ``beta=0``; see :func:`compress_configs`)."""
     from ..distill.cache import check_cacheable
     from ..distill.objective import DistillationObjective
     from ..multiplex import multiplex
 
     config = (config or TrainConfig()).check()
+    run = run_options(run, options)
     spec, distill = compress_configs(spec, distill, **options)
-    check_cacheable(distill, augmented=bool(augment or config.mixup or config.cutmix))
+    check_cacheable(distill, augmented=bool(run.augment or config.mixup or config.cutmix))
     net = load_model(teacher, teacher_args, pretrained=True).eval()
     img_size, in_chans = input_spec(net)
-    train, val = load_data(data, img_size, in_chans, augment, train_limit, val_limit)
+    train, val = load_data(data, img_size, in_chans, run.augment, run.train_limit, run.val_limit)
     check_classes(net, train, "teacher")
     spec = _resolve_share(spec, net)
     torch.manual_seed(config.seed)
     student = multiplex(net, spec)
     objective = DistillationObjective(student, net, distill, label_smoothing=_label_smoothing(config))
-    out = check_output(output, resume, force)
+    out = check_output(output, run.resume, run.force)
     rc = run_config(
         config,
         command="compress",
@@ -337,25 +359,21 @@ def run_compress(
         **spec.to_dict(),
         **distill.record(),
         layer_pairs=objective.pairs,
-        augment=augment,
-        train_limit=train_limit,
-        val_limit=val_limit,
+        **run.record(),
     )
     main = processes().is_main_process
     t0 = time.perf_counter()
     info = _teacher_info(net, str(teacher), val, config, (img_size, in_chans), main)
-    if main:
-        log(
+    if main and run.log is not None:
+        run.log(
             f"teacher: {info['params']:,} params, val top-1 {info['top1']:.2f}; "
             f"student (share {spec.share}): {count_parameters(student):,} params, "
             f"{len(objective.pairs)} layer pair(s) {objective.pairs}"
         )
     train_set = _with_cached_logits(net, train, rc, out, main) if distill.cache_teacher_logits else train
     try:
-        result = fit(
-            objective, train_set, val, config, out, run_config=rc, config_defaults=compress_defaults(),
-            resume=resume, force=force, callbacks=callbacks, log=log,
-        )  # fmt: skip
+        loop = dict(run_config=rc, config_defaults=compress_defaults(), **_loop_options(run))
+        result = fit(objective, train_set, val, config, out, **loop)
     finally:
         objective.remove_hooks()
     report = {"command": "compress", "data": str(data), "classes": train.classes, "config": rc, "teacher": info}
@@ -457,6 +475,7 @@ def run_analyze(teacher: str, student: str, data: str, output, batches: int = 10
 
 __all__ = [
     "LAST",
+    "RunOptions",
     "compress_configs",
     "compress_defaults",
     "load_model",

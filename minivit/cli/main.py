@@ -82,117 +82,94 @@ def _output_options(p) -> None:
     )  # fmt: skip
 
 
-def _add_train(sub, parents) -> None:
-    p = sub.add_parser(
-        "train",
-        parents=parents,
-        help="train a model from scratch (a teacher or a baseline)",
-        description="Train a timm/minivit model from scratch. num_classes and in_chans come from the data "
-        "unless given in --model-args.",
-        epilog="example: " + EXAMPLES["train"],
-    )
+# name: (one-line help, description); the example is EXAMPLES[name]
+COMMANDS = {
+    "train": (
+        "train a model from scratch (a teacher or a baseline)",
+        "Train a timm/minivit model from scratch. num_classes and in_chans come from the data unless given in "
+        "--model-args.",
+    ),
+    "compress": (
+        "multiplex a teacher into a smaller student and distil it",
+        "Weight multiplexing: share the blocks of a teacher K at a time, add per-layer transforms, and distil the "
+        "student from the teacher (logits, attention relations, hidden-state relations).",
+    ),
+    "eval": (
+        "accuracy, size and latency of a model",
+        "Top-1/top-5 on the validation split, parameters, MB and single-image latency.",
+    ),
+    "demo": (
+        "the whole story on a small dataset, in a few minutes on a laptop CPU",
+        "Train a small ViT teacher on Fashion-MNIST (when found locally, else scikit-learn digits), compress it "
+        "at share 2 and to a single shared block, evaluate and tabulate params, MB, top-1, latency.",
+    ),
+    "export": (
+        "export a saved model for deployment (ONNX, TorchScript, safetensors; optional int8)",
+        "Export a model folder. The ONNX graph keeps shared weights shared; outputs are checked against PyTorch "
+        "(onnxruntime for ONNX) and the largest difference is printed.",
+    ),
+    "analyze": (
+        "compare a teacher and a student: per-layer CKA plots, params, MB, FLOPs, latency",
+        "Per-layer linear CKA between the two models' block outputs on a dataset (line plot and heatmap), and a "
+        "table of parameters, MB, FLOPs and latency: PNGs plus analysis.md in --output.",
+    ),
+    "report": (
+        "training curves (each loss term, top-1) and gradient norms of a run as PNG + markdown",
+        "Read RUN_DIR/metrics.jsonl (and grad_norms.jsonl, report.json when present) and write curves_*.png, "
+        "grad_norms_*.png and report.md into RUN_DIR.",
+    ),
+}
+
+
+def _train_arguments(p) -> None:
     p.add_argument(
         "--model", required=True, help="model name, e.g. vit_small_patch16_224 or mini_deit_tiny_patch16_224"
     )
     p.add_argument("--model-args", nargs="*", default=[], metavar="KEY=VALUE", help="model keyword arguments")
-    p.set_defaults(handler=_train)
 
 
-def _add_compress(sub, parents) -> None:
+def _compress_arguments(p) -> None:
     from ..distill.config import DistillConfig
     from ..spec import MultiplexSpec
 
-    p = sub.add_parser(
-        "compress",
-        parents=parents,
-        help="multiplex a teacher into a smaller student and distil it",
-        description="Weight multiplexing: share the blocks of a teacher K at a time, add per-layer transforms, "
-        "and distil the student from the teacher (logits, attention relations, hidden-state relations).",
-        epilog="example: " + EXAMPLES["compress"],
-    )
     p.add_argument("--teacher", required=True, help="run folder, checkpoint (.pt) or timm model name")
     p.add_argument("--teacher-args", nargs="*", default=[], metavar="KEY=VALUE", help="for a teacher given by name")
     add_options(p, MultiplexSpec, "multiplexing")
     add_options(p, DistillConfig, "distillation")
-    p.set_defaults(handler=_compress)
 
 
-def _add_eval(sub, parents) -> None:
-    p = sub.add_parser(
-        "eval",
-        parents=parents,
-        help="accuracy, size and latency of a model",
-        description="Top-1/top-5 on the validation split, parameters, MB and single-image latency.",
-        epilog="example: " + EXAMPLES["eval"],
-    )
+def _eval_arguments(p) -> None:
     p.add_argument("--model", required=True, help="run folder, checkpoint (.pt) or .safetensors file")
     p.add_argument("--data", required=True, help="built-in name or folder with val/")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--val-limit", type=positive_int)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(handler=_eval)
 
 
-def _add_demo(sub, parents) -> None:
-    p = sub.add_parser(
-        "demo",
-        parents=parents,
-        help="the whole story on a small dataset, in a few minutes on a laptop CPU",
-        description="Train a small ViT teacher on Fashion-MNIST (when found locally, else scikit-learn digits), "
-        "compress it at share 2 and to a single shared block, evaluate and tabulate params, MB, top-1, latency.",
-        epilog="example: " + EXAMPLES["demo"],
-    )
+def _demo_arguments(p) -> None:
     p.add_argument("--output", default="runs/demo", help="where the runs and the table go (default runs/demo)")
     p.add_argument("--data", default=None, help="dataset (default: fashion-mnist if found locally, else digits)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo instead of starting over")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(handler=_demo)
 
 
-def _add_export(sub, parents) -> None:
+def _export_arguments(p) -> None:
     from ..export import add_export_arguments
 
-    p = sub.add_parser(
-        "export",
-        parents=parents,
-        help="export a saved model for deployment (ONNX, TorchScript, safetensors; optional int8)",
-        description="Export a model folder. The ONNX graph keeps shared weights shared; outputs are checked "
-        "against PyTorch (onnxruntime for ONNX) and the largest difference is printed.",
-        epilog="example: " + EXAMPLES["export"],
-    )
     add_export_arguments(p)
-    p.set_defaults(handler=_export)
 
 
-def _add_analyze(sub, parents) -> None:
-    p = sub.add_parser(
-        "analyze",
-        parents=parents,
-        help="compare a teacher and a student: per-layer CKA plots, params, MB, FLOPs, latency",
-        description="Per-layer linear CKA between the two models' block outputs on a dataset (line plot and "
-        "heatmap), and a table of parameters, MB, FLOPs and latency: PNGs plus analysis.md in --output.",
-        epilog="example: " + EXAMPLES["analyze"],
-    )
+def _analyze_arguments(p) -> None:
     p.add_argument("--teacher", required=True, help="model folder, timm name or checkpoint")
     p.add_argument("--student", required=True, help="model folder, timm name or checkpoint")
     p.add_argument("--data", required=True, help="built-in name (fashion-mnist, digits) or folder with train/ and val/")
     p.add_argument("--output", required=True, help="folder for the PNGs, analysis.md and analysis.json")
     p.add_argument("--batches", type=positive_int, default=10, help="validation batches for CKA (default 10)")
     p.add_argument("--batch-size", type=positive_int, default=128)
-    p.set_defaults(handler=_analyze)
 
 
-def _add_report(sub, parents) -> None:
-    p = sub.add_parser(
-        "report",
-        parents=parents,
-        help="training curves (each loss term, top-1) and gradient norms of a run as PNG + markdown",
-        description="Read RUN_DIR/metrics.jsonl (and grad_norms.jsonl, report.json when present) and write "
-        "curves_*.png, grad_norms_*.png and report.md into RUN_DIR.",
-        epilog="example: " + EXAMPLES["report"],
-    )
+def _report_arguments(p) -> None:
     p.add_argument("run_dir", help="a folder written by `minivit train` or `minivit compress`")
-    p.set_defaults(handler=_report)
 
 
 def build_parser() -> Parser:
@@ -205,11 +182,17 @@ def build_parser() -> Parser:
     _debug_option(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     debug = _parent(_debug_option)
-    run = _parent(_data_options, _training_options, _output_options, _debug_option)
-    _add_train(sub, [run])
-    _add_compress(sub, [run])
-    for add in (_add_eval, _add_demo, _add_export, _add_analyze, _add_report):
-        add(sub, [debug])
+    training = _parent(_data_options, _training_options, _output_options, _debug_option)
+    for name, (help_text, description) in COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            parents=[training if name in ("train", "compress") else debug],
+            help=help_text,
+            description=description,
+            epilog="example: " + EXAMPLES[name],
+        )
+        ARGUMENTS[name](p)
+        p.set_defaults(handler=HANDLERS[name])
     return parser
 
 
@@ -236,8 +219,10 @@ def _print_main(report: dict) -> None:
         print(_summary(report), flush=True)
 
 
-def _run_options(a) -> dict:
+def _run_options(a):
     """What ``train`` and ``compress`` take besides their configs: data subset, output folder handling."""
+    from .commands import RunOptions
+
     callbacks = []
     if a.log_grad_norms:
         from pathlib import Path
@@ -245,14 +230,7 @@ def _run_options(a) -> dict:
         from ..analysis.grad_norms import GradNormLogger
 
         callbacks.append(GradNormLogger(Path(a.output) / "grad_norms.jsonl", a.log_grad_norms))
-    return dict(
-        augment=a.augment,
-        train_limit=a.train_limit,
-        val_limit=a.val_limit,
-        resume=a.resume,
-        force=a.force,
-        callbacks=callbacks,
-    )
+    return RunOptions(a.augment, a.train_limit, a.val_limit, a.resume, a.force, callbacks)
 
 
 def _train(a) -> None:
@@ -261,7 +239,7 @@ def _train(a) -> None:
 
     config = from_args(TrainConfig, a)
     model_args = commands.parse_model_args(a.model_args)
-    _print_main(commands.run_train(a.model, a.data, a.output, config, model_args, **_run_options(a)))
+    _print_main(commands.run_train(a.model, a.data, a.output, config, model_args, _run_options(a)))
 
 
 def _compress(a) -> None:
@@ -278,7 +256,7 @@ def _compress(a) -> None:
         spec=from_args(MultiplexSpec, a),
         distill=from_args(DistillConfig, a),
         teacher_args=commands.parse_model_args(a.teacher_args),
-        **_run_options(a),
+        run=_run_options(a),
     )
     _print_main(report)
 
@@ -318,6 +296,26 @@ def _report(a) -> None:
     from ..analysis.report import write_report
 
     print(f"wrote {write_report(a.run_dir)}")
+
+
+ARGUMENTS = {
+    "train": _train_arguments,
+    "compress": _compress_arguments,
+    "eval": _eval_arguments,
+    "demo": _demo_arguments,
+    "export": _export_arguments,
+    "analyze": _analyze_arguments,
+    "report": _report_arguments,
+}
+HANDLERS = {
+    "train": _train,
+    "compress": _compress,
+    "eval": _eval,
+    "demo": _demo,
+    "export": _export,
+    "analyze": _analyze,
+    "report": _report,
+}
 
 
 def run(argv: list[str] | None = None) -> int:
