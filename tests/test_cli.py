@@ -391,3 +391,21 @@ def test_resume_of_a_run_recorded_without_the_newer_options(capsys, teacher_dir,
     assert_one_line_error(code, err, "delta_rank: 0 -> 1")
     code, _, err = cli(capsys, *base, "--resume", "--temperature", "2")
     assert_one_line_error(code, err, "temperature: 1.0 -> 2.0")
+
+
+def test_python_keyword_forms_of_the_commands():
+    from minivit.cli.commands import RunOptions, compress_configs, run_options, run_train
+    from minivit.distill import DistillConfig
+    from minivit.spec import MultiplexSpec
+    from minivit.train import TrainConfig
+
+    spec, distill = compress_configs(None, ("logits",), share=4, beta=0, cache_logits=True, hidden_loss="projection")
+    assert spec == MultiplexSpec(share=4)
+    assert distill == DistillConfig(distill="logits", beta=0, cache_teacher_logits=True, hidden_loss="projection")
+    spec, distill = compress_configs(MultiplexSpec(share=2), DistillConfig(alpha=0.5), separate_norms=False)
+    assert spec == MultiplexSpec(share=2, separate_norms=False) and distill.alpha == 0.5
+    options = {"resume": True, "train_limit": 10, "share": 2}
+    assert run_options(RunOptions(force=True), options) == RunOptions(resume=True, force=True, train_limit=10)
+    assert options == {"share": 2}  # left for the configs
+    with pytest.raises(TypeError, match="shares"):
+        run_train("vit_small_patch16_224", "digits", "o", TrainConfig(), shares=2)

@@ -212,10 +212,10 @@ def describe(model: nn.Module, img_size, in_chans: int) -> dict:
     }
 
 
-def run_config(config: TrainConfig, **fields) -> dict:
-    """What defines a run's result (compared on --resume): ``fields`` plus the training options."""
+def run_config(config: TrainConfig, **values) -> dict:
+    """What defines a run's result (compared on --resume): ``values`` plus the training options."""
     train = {k: v for k, v in vars(config).items() if k not in _EXECUTION_ONLY}
-    return json.loads(json.dumps({**fields, **train}, default=str))
+    return json.loads(json.dumps({**values, **train}, default=str))
 
 
 def compress_defaults() -> dict:

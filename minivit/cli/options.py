@@ -110,6 +110,8 @@ def _argument(default, meta: dict) -> dict:
     if "min" in meta:
         kind = int_at_least(meta["min"])
     out = {"type": kind, "default": default, "help": _with_default(text, default, meta.get("required"))}
+    if kind is int or "min" in meta:
+        out["metavar"] = "N"
     for key in ("choices", "metavar", "required"):
         if key in meta:
             out[key] = meta[key]
