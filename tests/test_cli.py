@@ -228,3 +228,184 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(teacher_dir, tmp_path):
     a, b = _final(ref), _final(cut)
     assert (a["val_top1"], a["val_loss"]) == (b["val_top1"], b["val_loss"])
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9)
+
+
+# --------------------------------------------------------------------------- options from the configs
+
+
+def _parse(*argv):
+    from minivit.cli.main import build_parser
+
+    return build_parser().parse_args([str(a) for a in argv])
+
+
+COMPRESS = ["compress", "--teacher", "t", "--data", "digits", "--epochs", "1", "--output", "o"]
+
+
+def test_every_config_field_has_a_flag_with_the_fields_default():
+    from dataclasses import fields
+
+    from minivit.cli.options import from_args
+    from minivit.distill import DistillConfig
+    from minivit.spec import MultiplexSpec
+    from minivit.train import TrainConfig
+
+    a = _parse(*COMPRESS)
+    for cls in (TrainConfig, MultiplexSpec, DistillConfig):
+        hidden = {f.name for f in fields(cls) if f.name == "extra" or f.metadata.get("cli") is False}
+        assert {f.name for f in fields(cls)} - hidden <= set(vars(a)), cls.__name__
+        assert from_args(cls, a) == cls(epochs=1) if cls is TrainConfig else from_args(cls, a) == cls()
+
+
+def test_flags_become_config_objects():
+    from minivit.cli.options import from_args
+    from minivit.distill import DistillConfig
+    from minivit.spec import MultiplexSpec
+    from minivit.train import TrainConfig
+
+    a = _parse(*COMPRESS, "--share", "2,2,6,2", "--no-transforms", "--shared-norms", "--delta-rank", "3",
+               "--init", "mean", "--distill", "logits,hidden", "--beta", "0.5", "--layers-student", "1,3",
+               "--layers-teacher", "0,3", "--num-relation-heads", "2", "--no-progress", "--clip-grad", "1",
+               "--mixed-precision", "bf16")  # fmt: skip
+    spec = from_args(MultiplexSpec, a)
+    assert spec == MultiplexSpec(share=(2, 2, 6, 2), transforms=False, separate_norms=False, init="mean", delta_rank=3)
+    d = from_args(DistillConfig, a)
+    assert d.distill == ("logits", "hidden") and d.attn_weight == 0 and d.beta == 0.5
+    assert (d.student_layers, d.teacher_layers, d.num_relation_heads) == ((1, 3), (0, 3), 2)
+    t = from_args(TrainConfig, a)
+    assert (t.progress, t.clip_grad, t.mixed_precision, t.epochs) == (False, 1.0, "bf16", 1)
+    assert from_args(MultiplexSpec, _parse(*COMPRESS, "--share", "all")).share == "all"
+    assert _parse(*COMPRESS, "--mlp-transform").mlp_transform is True
+    assert _parse(*COMPRESS, "--no-mlp-transform").mlp_transform is False
+    assert _parse(*COMPRESS).mlp_transform is None
+
+
+def test_commands_receive_the_config_objects(capsys, monkeypatch):
+    from minivit.cli import commands
+    from minivit.distill import DistillConfig
+    from minivit.spec import MultiplexSpec
+    from minivit.train import TrainConfig
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(args=args, kwargs=kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(commands, "run_compress", fake)
+    cli(capsys, *COMPRESS, "--share", "all", "--gamma", "2", "--cache-teacher-logits", "--distill", "logits")
+    assert seen["args"][:3] == ("t", "digits", "o") and isinstance(seen["args"][3], TrainConfig)
+    kw = seen["kwargs"]
+    assert kw["spec"] == MultiplexSpec(share="all")
+    assert kw["distill"] == DistillConfig(distill="logits", gamma=2.0, cache_teacher_logits=True)
+
+
+def test_no_abbreviated_options(capsys):
+    train = ["train", "--model", "vit_small_patch16_224", "--data", "digits", "--output", "o"]
+    code, _, err = cli(capsys, *train, "--epochs", "1", "--checkpoint", "ckpt.pt")
+    assert_one_line_error(code, err, "unrecognized arguments: --checkpoint")
+    code, _, err = cli(capsys, *train, "--epoch", "1")
+    assert_one_line_error(code, err, "--epoch")
+    code, _, err = cli(capsys, "--deb", "eval", "--model", "m", "--data", "digits")
+    assert_one_line_error(code, err, "--deb")
+
+
+def test_bad_config_values_give_one_line(capsys, tmp_path):
+    out = tmp_path / "o"
+    base = ["compress", "--teacher", tmp_path / "missing", "--data", "digits", "--epochs", "1", "--output", out]
+    for extra, pattern in [
+        (["--share", "0"], "--share"),
+        (["--share", "two"], "--share"),
+        (["--delta-rank", "-1"], "--delta-rank"),
+        (["--layers-student", "1,x"], "bad layer list"),
+        (["--alpha", "2"], "alpha"),
+        (["--hidden-loss", "gram"], "--hidden-loss"),
+        (["--distill", "logits", "--alpha", "1", "--temperature", "0"], "temperature"),
+    ]:
+        code, _, err = cli(capsys, *base, *extra)
+        assert_one_line_error(code, err, pattern)
+        assert not out.exists()
+
+
+# --------------------------------------------------------------------------- unexpected errors
+
+
+def _broken_eval(monkeypatch):
+    from minivit.cli import commands
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(commands, "run_eval", boom)
+
+
+def test_an_unexpected_error_is_one_line_with_exit_1(capsys, monkeypatch):
+    _broken_eval(monkeypatch)
+    monkeypatch.delenv("MINIVIT_DEBUG", raising=False)
+    code, _, err = cli(capsys, "eval", "--model", "m", "--data", "digits")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "RuntimeError: boom second line" in lines[0] and "--debug" in lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("how", ["flag", "flag after the command", "environment"])
+def test_debug_shows_the_traceback(capsys, monkeypatch, how):
+    _broken_eval(monkeypatch)
+    argv = ["eval", "--model", "m", "--data", "digits"]
+    if how == "flag":
+        argv = ["--debug", *argv]
+    elif how == "flag after the command":
+        argv = [*argv, "--debug"]
+    else:
+        monkeypatch.setenv("MINIVIT_DEBUG", "1")
+    code, _, err = cli(capsys, *argv)
+    assert code == 1 and "Traceback" in err and "boom" in err
+    assert err.strip().splitlines()[-1].startswith("error: internal error: RuntimeError")
+
+
+def test_debug_keeps_exit_2_for_bad_input(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MINIVIT_DEBUG", "1")
+    code, _, err = cli(capsys, "eval", "--model", tmp_path / "nope", "--data", "digits")
+    assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+# --------------------------------------------------------------------------- resume of an older run folder
+
+
+def test_resume_of_a_run_recorded_without_the_newer_options(capsys, teacher_dir, tmp_path):
+    from minivit.train.state import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "old"
+    base = ["compress", "--teacher", teacher_dir, "--distill", "logits", "--data", "digits", "--output", out,
+            "--epochs", "1", *FAST]  # fmt: skip
+    assert cli(capsys, *base)[0] == 0
+    last = out / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    for key in ("irpe", "irpe_ratio", "mlp_transform", "delta_rank", "num_relation_heads"):
+        del state["config"][key]  # as written before these options existed
+    save_checkpoint(out / "checkpoints", state)
+    code, _, err = cli(capsys, *base, "--resume")
+    assert code == 0, err
+    code, _, err = cli(capsys, *base, "--resume", "--delta-rank", "1")
+    assert_one_line_error(code, err, "delta_rank: 0 -> 1")
+    code, _, err = cli(capsys, *base, "--resume", "--temperature", "2")
+    assert_one_line_error(code, err, "temperature: 1.0 -> 2.0")
+
+
+def test_python_keyword_forms_of_the_commands():
+    from minivit.cli.commands import RunOptions, compress_configs, run_options, run_train
+    from minivit.distill import DistillConfig
+    from minivit.spec import MultiplexSpec
+    from minivit.train import TrainConfig
+
+    spec, distill = compress_configs(None, ("logits",), share=4, beta=0, cache_logits=True, hidden_loss="projection")
+    assert spec == MultiplexSpec(share=4)
+    assert distill == DistillConfig(distill="logits", beta=0, cache_teacher_logits=True, hidden_loss="projection")
+    spec, distill = compress_configs(MultiplexSpec(share=2), DistillConfig(alpha=0.5), separate_norms=False)
+    assert spec == MultiplexSpec(share=2, separate_norms=False) and distill.alpha == 0.5
+    options = {"resume": True, "train_limit": 10, "share": 2}
+    assert run_options(RunOptions(force=True), options) == RunOptions(resume=True, force=True, train_limit=10)
+    assert options == {"share": 2}  # left for the configs
+    with pytest.raises(TypeError, match="shares"):
+        run_train("vit_small_patch16_224", "digits", "o", TrainConfig(), shares=2)

@@ -12,26 +12,55 @@ is created, so a mistake leaves nothing behind.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..distill.config import DistillConfig, as_distill_config
 from ..errors import CheckpointError, ConfigError, MinivitError
 from ..io import build_from_config, from_pretrained, model_config, save_pretrained
+from ..spec import MultiplexSpec, as_spec
 from ..train.data import WithTeacherLogits
 from ..train.engine import TrainConfig, evaluate, fit, processes, say
 from ..train.measure import count_parameters, latency_ms, size_mb
 from ..train.state import LAST, atomic_write, load_checkpoint
 from ..zoo import create_model
 
-DISTILL_TERMS = ("logits", "attn", "hidden")
 RUN_MARKERS = ("checkpoints", "report.json", "model.safetensors", "metrics.jsonl")
 # options that change how a run is executed, not what it computes: free to change on --resume
 _EXECUTION_ONLY = ("num_workers", "checkpoint_every", "progress", "eval_batch_size")
+
+
+@dataclass
+class RunOptions:
+    """What a ``train`` or ``compress`` run takes besides its configs: which data, and how the output
+    folder and the loop are handled."""
+
+    augment: bool = False  # light augmentation of the training images
+    train_limit: int | None = None  # at most this many training images (class-balanced)
+    val_limit: int | None = None  # at most this many validation images
+    resume: bool = False  # continue the run in the output folder
+    force: bool = False  # resume despite a changed configuration, or overwrite a run
+    callbacks: Sequence = ()  # per-step callbacks of the loop
+    log: Callable[[str], None] | None = say
+
+    def record(self) -> dict:
+        """The options that define a run's result (for its recorded configuration)."""
+        return {"augment": self.augment, "train_limit": self.train_limit, "val_limit": self.val_limit}
+
+
+def run_options(run: RunOptions | None, options: dict) -> RunOptions:
+    """``run`` (or the defaults) with the ``options`` named like its fields taken out of ``options``."""
+    names = [f.name for f in fields(RunOptions)]
+    changes = {k: options.pop(k) for k in names if k in options}
+    return dataclasses.replace(run or RunOptions(), **changes)
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -63,27 +92,6 @@ def parse_model_args(items) -> dict:
             raise ConfigError(f"bad model argument {item!r}", "write key=value, e.g. depth=4 embed_dim=64")
         out[key.strip()] = parse_value(value)
     return out
-
-
-def parse_distill(text: str) -> tuple[str, ...]:
-    terms = tuple(t.strip() for t in text.split(",") if t.strip())
-    bad = [t for t in terms if t not in DISTILL_TERMS]
-    if bad or not terms:
-        raise ConfigError(
-            f"unknown distillation term(s) {bad or text!r}", f"use a comma list of {', '.join(DISTILL_TERMS)}"
-        )
-    return terms
-
-
-def parse_layers(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ConfigError(
-            f"bad layer list {text!r}", "write 0-based block indices separated by commas, e.g. 1,3"
-        ) from None
 
 
 # --------------------------------------------------------------------------- models and data
@@ -204,10 +212,24 @@ def describe(model: nn.Module, img_size, in_chans: int) -> dict:
     }
 
 
-def run_config(config: TrainConfig, **fields) -> dict:
-    """What defines a run's result (compared on --resume)."""
+def run_config(config: TrainConfig, **values) -> dict:
+    """What defines a run's result (compared on --resume): ``values`` plus the training options."""
     train = {k: v for k, v in vars(config).items() if k not in _EXECUTION_ONLY}
-    return json.loads(json.dumps({**fields, **train}, default=str))
+    return json.loads(json.dumps({**values, **train}, default=str))
+
+
+def compress_defaults() -> dict:
+    """The recorded values of the default configs: what a run folder written before an option existed
+    is taken to have used (so resuming it still works, and a changed option is still noticed)."""
+    return run_config(TrainConfig(), **MultiplexSpec().to_dict(), **DistillConfig().record())
+
+
+def _loop_options(run: RunOptions) -> dict:
+    return dict(resume=run.resume, force=run.force, callbacks=run.callbacks, log=run.log)
+
+
+def _label_smoothing(config: TrainConfig) -> float:
+    return 0.0 if (config.mixup or config.cutmix) else config.label_smoothing  # Mixup smooths its own targets
 
 
 def _finish(model, out: Path, result: dict, report: dict, img_size, in_chans, main: bool) -> dict:
@@ -234,34 +256,32 @@ def run_train(
     output,
     config: TrainConfig,
     model_args: dict | None = None,
-    *,
-    augment: bool = False,
-    train_limit: int | None = None,
-    val_limit: int | None = None,
-    resume: bool = False,
-    force: bool = False,
-    callbacks=(),
-    log=say,
+    run: RunOptions | None = None,
+    **options,
 ) -> dict:
-    """Train ``model`` (a name plus ``model_args``) from scratch on ``data``; returns the report."""
+    """Train ``model`` (a name plus ``model_args``) from scratch on ``data``; returns the report.
+
+    ``options`` override fields of ``run`` (``resume=True``, ``train_limit=1000``, ...)."""
+    run = run_options(run, options)
+    if options:
+        raise TypeError(f"run_train() got unexpected keyword argument(s) {', '.join(sorted(options))}")
     config.check()
     args = dict(model_args or {})
     in_chans = args.setdefault("in_chans", native_channels(data))
     torch.manual_seed(config.seed)
     net = _build_named(model, args)
     img_size, in_chans = input_spec(net)
-    train, val = load_data(data, img_size, in_chans, augment, train_limit, val_limit)
+    train, val = load_data(data, img_size, in_chans, run.augment, run.train_limit, run.val_limit)
     if "num_classes" not in args:
         args["num_classes"] = train.num_classes
         torch.manual_seed(config.seed)
         net = _build_named(model, args)
     check_classes(net, train)
-    out = check_output(output, resume, force)
+    out = check_output(output, run.resume, run.force)
 
     from ..distill.objective import SupervisedObjective
 
-    ls = 0.0 if (config.mixup or config.cutmix) else config.label_smoothing
-    objective = SupervisedObjective(net, label_smoothing=ls)
+    objective = SupervisedObjective(net, label_smoothing=_label_smoothing(config))
     rc = run_config(
         config,
         command="train",
@@ -269,13 +289,9 @@ def run_train(
         model_args=args,
         architecture=model_config(net),
         data=str(data),
-        augment=augment,
-        train_limit=train_limit,
-        val_limit=val_limit,
+        **run.record(),
     )
-    result = fit(
-        objective, train, val, config, out, run_config=rc, resume=resume, force=force, callbacks=callbacks, log=log
-    )
+    result = fit(objective, train, val, config, out, run_config=rc, **_loop_options(run))
     report = {"command": "train", "model_name": model, "data": str(data), "classes": train.classes, "config": rc}
     return _finish(net, out, result, report, img_size, in_chans, processes().is_main_process)
 
@@ -287,168 +303,109 @@ def _build_named(name: str, args: dict) -> nn.Module:
     return create_model(name, **args)
 
 
-def cache_teacher_logits(teacher: nn.Module, dataset, path: Path, key: dict, batch_size: int = 256) -> torch.Tensor:
-    """Teacher logits of every training sample (no augmentation), computed once and kept in ``path``.
+def compress_configs(spec=None, distill=None, **options) -> tuple[MultiplexSpec, DistillConfig]:
+    """The multiplexing and distillation configs of :func:`run_compress`, with keyword overrides.
 
-    ``key`` (JSON-able: teacher, data, subset) is stored with them; a cache made for another key is recomputed.
+    ``options`` named like a field of either config override it; the keywords of earlier versions
+    work too: ``distill`` given as terms (``("logits",)``) and ``cache_logits``.
     """
-    key = json.loads(json.dumps(key, default=str))
-    if path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(cached, dict) and cached.get("key") == json.dumps(key, sort_keys=True):
-            return cached["logits"]
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    teacher = teacher.to(device).eval()
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            items = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
-            images = torch.stack([x for x, _ in items]).to(device)
-            chunks.append(teacher(images).float().cpu())
-    logits = torch.cat(chunks)
-    teacher.cpu()
-    if processes().is_main_process:
-        payload = {"key": json.dumps(key, sort_keys=True), "logits": logits}
-        atomic_write(path, lambda f: torch.save(payload, f))
-    return logits
+    if distill is not None and not isinstance(distill, (DistillConfig, dict)):
+        options["distill"], distill = distill, None
+    if "cache_logits" in options:
+        options["cache_teacher_logits"] = options.pop("cache_logits")
+    names = set(MultiplexSpec.field_names())
+    spec = as_spec(spec, **{k: v for k, v in options.items() if k in names})
+    return spec, as_distill_config(distill, **{k: v for k, v in options.items() if k not in names})
 
 
 def run_compress(
     teacher: str,
     data: str,
     output,
-    config: TrainConfig,
+    config: TrainConfig | None = None,
     *,
-    share: int | str = 2,
-    transforms: bool = True,
-    separate_norms: bool = True,
-    init: str = "first",
-    transform_init: str = "identity",
-    distill=DISTILL_TERMS,
-    alpha: float = 0.0,
-    temperature: float = 1.0,
-    beta: float = 1.0,
-    gamma: float = 4.9,
-    student_layers=None,
-    teacher_layers=None,
-    num_pairs: int | None = None,
-    hidden_loss: str = "relation",
+    spec: MultiplexSpec | None = None,
+    distill: DistillConfig | None = None,
     teacher_args: dict | None = None,
-    cache_logits: bool = False,
-    augment: bool = False,
-    train_limit: int | None = None,
-    val_limit: int | None = None,
-    resume: bool = False,
-    force: bool = False,
-    callbacks=(),
-    log=say,
+    run: RunOptions | None = None,
+    **options,
 ) -> dict:
-    """Multiplex ``teacher`` at ``share`` (an int, or ``"all"`` for a single shared block) and distil it."""
-    from ..distill.hooks import num_layers
+    """Multiplex ``teacher`` as ``spec`` says (``share="all"``: one shared block), distil it as ``distill``
+    says, train as ``config`` says; returns the report. ``options`` override fields of ``run``, ``spec``
+    and ``distill`` (``resume=True``, ``share=4``, ``beta=0``; see :func:`compress_configs`)."""
+    from ..distill.cache import check_cacheable
     from ..distill.objective import DistillationObjective
     from ..multiplex import multiplex
 
-    config.check()
-    distill = tuple(distill)
-    if cache_logits:
-        if "attn" in distill or "hidden" in distill:
-            raise ConfigError(
-                "--cache-teacher-logits needs --distill logits only",
-                "attention and hidden-state terms need the teacher's features at every step",
-            )
-        if augment or config.mixup or config.cutmix:
-            raise ConfigError("cached teacher logits are computed once without augmentation", "drop --augment/--mixup")
+    config = (config or TrainConfig()).check()
+    run = run_options(run, options)
+    spec, distill = compress_configs(spec, distill, **options)
+    check_cacheable(distill, augmented=bool(run.augment or config.mixup or config.cutmix))
     net = load_model(teacher, teacher_args, pretrained=True).eval()
     img_size, in_chans = input_spec(net)
-    train, val = load_data(data, img_size, in_chans, augment, train_limit, val_limit)
+    train, val = load_data(data, img_size, in_chans, run.augment, run.train_limit, run.val_limit)
     check_classes(net, train, "teacher")
-    depth = num_layers(net)
-    if share == "all":
-        share = depth
     torch.manual_seed(config.seed)
-    student = multiplex(
-        net, share=share, transforms=transforms, separate_norms=separate_norms, init=init, transform_init=transform_init
-    )
-    weights = dict(
-        alpha=alpha,
-        temperature=temperature,
-        logits="logits" in distill,
-        beta=beta if "attn" in distill else 0.0,
-        gamma=gamma if "hidden" in distill else 0.0,
-    )
-    objective = DistillationObjective(
-        student,
-        net,
-        **weights,
-        student_layers=student_layers,
-        teacher_layers=teacher_layers,
-        num_pairs=num_pairs,
-        hidden=hidden_loss,
-        label_smoothing=0.0 if (config.mixup or config.cutmix) else config.label_smoothing,
-    )
-    out = check_output(output, resume, force)
+    student = multiplex(net, spec)
+    objective = DistillationObjective(student, net, distill, label_smoothing=_label_smoothing(config))
+    out = check_output(output, run.resume, run.force)
     rc = run_config(
         config,
         command="compress",
         teacher=str(teacher),
         architecture=model_config(student),
         data=str(data),
-        share=share,
-        transforms=transforms,
-        separate_norms=separate_norms,
-        init=init,
-        transform_init=transform_init,
-        distill=list(distill),
-        **weights,
+        **spec.to_dict(),
+        **distill.record(),
         layer_pairs=objective.pairs,
-        hidden_loss=hidden_loss,
-        cache_teacher_logits=cache_logits,
-        augment=augment,
-        train_limit=train_limit,
-        val_limit=val_limit,
+        **run.record(),
     )
     main = processes().is_main_process
     t0 = time.perf_counter()
-    teacher_info = {"source": str(teacher), "depth": depth}
-    if main:
-        teacher_info.update(describe(net, img_size, in_chans))
-        teacher_info.update(evaluate(net, val, config.eval_batch_size or config.batch_size))
-        log(
-            f"teacher: {teacher_info['params']:,} params, val top-1 {teacher_info['top1']:.2f}; "
-            f"student (share {share}): {count_parameters(student):,} params, "
+    info = _teacher_info(net, str(teacher), val, config, (img_size, in_chans), main)
+    if main and run.log is not None:
+        run.log(
+            f"teacher: {info['params']:,} params, val top-1 {info['top1']:.2f}; "
+            f"student (share {spec.share}): {count_parameters(student):,} params, "
             f"{len(objective.pairs)} layer pair(s) {objective.pairs}"
         )
-    train_set = train
-    if cache_logits:
-        key = {k: rc[k] for k in ("teacher", "data", "train_limit", "augment")}
-        key["teacher_weights"] = float(sum(p.double().sum() for p in net.parameters()))
-        logits = cache_teacher_logits(net, train, out / "checkpoints" / "teacher_logits.pt", key)
-        train_set = WithTeacherLogits(train, logits)
+    train_set = _with_cached_logits(net, train, rc, out, main) if distill.cache_teacher_logits else train
     try:
-        result = fit(
-            objective,
-            train_set,
-            val,
-            config,
-            out,
-            run_config=rc,
-            resume=resume,
-            force=force,
-            callbacks=callbacks,
-            log=log,
-        )
+        loop = dict(run_config=rc, config_defaults=compress_defaults(), **_loop_options(run))
+        result = fit(objective, train_set, val, config, out, **loop)
     finally:
         objective.remove_hooks()
-    report = {"command": "compress", "data": str(data), "classes": train.classes, "config": rc, "teacher": teacher_info}
+    report = {"command": "compress", "data": str(data), "classes": train.classes, "config": rc, "teacher": info}
     report = _finish(student, out, result, report, img_size, in_chans, main)
     if main:
         report["compression"] = {
-            "params_ratio": round(teacher_info["params"] / report["model"]["params"], 3),
-            "top1_drop": round(teacher_info["top1"] - report["val"]["top1"], 3),
+            "params_ratio": round(info["params"] / report["model"]["params"], 3),
+            "top1_drop": round(info["top1"] - report["val"]["top1"], 3),
         }
         report["setup_time_s"] = round(time.perf_counter() - t0 - report["train_time_s"], 2)
         write_json(out / "report.json", report)
     return report
+
+
+def _teacher_info(net: nn.Module, source: str, val, config: TrainConfig, input_shape, main: bool) -> dict:
+    """The teacher's source, depth and (main process) size, latency and validation accuracy."""
+    from ..distill.hooks import num_layers
+
+    info = {"source": source, "depth": num_layers(net)}
+    if main:
+        info.update(describe(net, *input_shape))
+        info.update(evaluate(net, val, config.eval_batch_size or config.batch_size))
+    return info
+
+
+def _with_cached_logits(net: nn.Module, train, rc: dict, out: Path, main: bool) -> WithTeacherLogits:
+    """``train`` with the teacher's logits, computed once (kept in ``checkpoints/teacher_logits.pt``)."""
+    from ..distill.cache import cache_teacher_logits
+
+    key = {k: rc[k] for k in ("teacher", "data", "train_limit", "augment")}
+    key["teacher_weights"] = float(sum(p.double().sum() for p in net.parameters()))
+    logits = cache_teacher_logits(net, train, out / "checkpoints" / "teacher_logits.pt", key, write=main)
+    return WithTeacherLogits(train, logits)
 
 
 def run_eval(
@@ -479,7 +436,6 @@ def run_eval(
     }
 
 
-
 def run_analyze(teacher: str, student: str, data: str, output, batches: int = 10, batch_size: int = 128) -> str:
     """``minivit analyze``: per-layer CKA plots and a size/speed table; returns a short summary."""
     from torch.utils.data import DataLoader
@@ -508,9 +464,12 @@ def run_analyze(teacher: str, student: str, data: str, output, batches: int = 10
         f"CKA per layer {min(cka):.3f}..{max(cka):.3f} (last {cka[-1]:.3f})"
     )
 
+
 __all__ = [
     "LAST",
-    "cache_teacher_logits",
+    "RunOptions",
+    "compress_configs",
+    "compress_defaults",
     "load_model",
     "parse_model_args",
     "parse_value",

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..spec import MultiplexSpec
 from ..train.engine import TrainConfig, say
 from .commands import RUN_MARKERS, run_compress, run_eval, run_train, write_json
 
@@ -91,9 +92,9 @@ def run_demo(output="runs/demo", data: str | None = None, resume: bool = False, 
     for name, share in (("share2", 2), ("single", "all")):
         log(f"== {2 if name == 'share2' else 3}/3 {name}: multiplexed at share {depth if share == 'all' else share}, "
             "distilled from the teacher")  # fmt: skip
-        run_compress(
-            str(out / "teacher"), data, out / name, config(s["student"]), share=share, resume=resume, log=log, **limits
-        )
+        spec = MultiplexSpec(share=share)
+        run_compress(str(out / "teacher"), data, out / name, config(s["student"]), spec=spec, resume=resume, log=log,
+                     **limits)  # fmt: skip
     rows = []
     for name in STAGES:
         r = run_eval(str(out / name), data, val_limit=s["val_limit"])

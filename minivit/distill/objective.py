@@ -23,13 +23,13 @@ soft (mixup/cutmix) distributions.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .config import HIDDEN_RELATION_SCALE, DistillConfig, as_distill_config, number_in
 from .hooks import FeatureCapture, num_layers
 from .losses import (
     HiddenProjectionMSE,
@@ -42,21 +42,6 @@ from .mapping import layer_mapping
 
 __all__ = ["SupervisedObjective", "DistillationObjective", "HIDDEN_RELATION_SCALE"]
 
-HIDDEN_RELATION_SCALE = 49.0
-"""The authors multiply the hidden-relation MSE by 49 (the Swin window area) and use gamma 0.1;
-:func:`~minivit.distill.losses.hidden_relation_loss` has no factor, so the default ``gamma`` here
-is ``0.1 * 49 = 4.9``."""
-
-
-def _weight(value, name: str, low: float = 0.0, high: float = math.inf) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if not (low <= v <= high) or math.isnan(v):
-        raise ConfigError(f"{name} must lie in [{low}, {high}], got {value!r}")
-    return v
-
 
 class SupervisedObjective(nn.Module):
     """Cross-entropy of ``model(images)`` against the targets (class indices or soft targets)."""
@@ -64,7 +49,7 @@ class SupervisedObjective(nn.Module):
     def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
         super().__init__()
         self.model = model
-        self.label_smoothing = _weight(label_smoothing, "label_smoothing", 0.0, 0.999)
+        self.label_smoothing = number_in(label_smoothing, "label_smoothing", 0.0, 0.999)
 
     def forward(self, batch: Sequence[Tensor]) -> dict[str, Tensor]:
         images, targets = batch[0], batch[1]
@@ -79,20 +64,15 @@ class DistillationObjective(nn.Module):
         student: the network being trained (``objective.model``).
         teacher: the frozen teacher; kept in eval mode, run under ``no_grad``, never optimised and
             not part of this module's parameters or ``state_dict`` (but moved by ``.to()``).
-        alpha: weight of the hard-label CE; ``1 - alpha`` weighs the soft CE to the teacher's logits.
-        temperature: softmax temperature T of the soft CE (no ``T**2`` factor).
-        beta: weight of the self-attention relation loss (0 turns it off: no qkv hooks).
-        gamma: weight of the hidden-state loss (0 turns it off: no block hooks). Default 4.9 is the
-            authors' 0.1 times their factor 49 (see :data:`HIDDEN_RELATION_SCALE`).
-        logits: include the soft-CE term at all (``False``: ``alpha * CE`` only on the logits).
-        student_layers, teacher_layers, num_pairs: the layer mapping of the feature terms, see
-            :func:`~minivit.distill.mapping.layer_mapping`. Default: one pair, the last block of each
-            model (as MiniLMv2; each pair adds about 0.3x a plain student step on CPU). The authors'
-            Mini-Swin-T from Swin-B used student ``[1, 3, 5, 7, 9, 11]``, teacher ``[1, 3, 9, 15, 21, 23]``.
-        num_relation_heads: relation heads Ar of the attention relation loss (official default 1).
-        hidden: ``"relation"`` (Gram-matrix MSE, the paper) or ``"projection"`` (MSE after a learned
-            linear projection of the student states; its weights are trained with the student).
-        label_smoothing: for the hard-label CE with integer targets.
+        config: a :class:`~minivit.distill.config.DistillConfig` (weights, terms, layer mapping,
+            hidden loss); keyword ``options`` override its fields. The keyword form of earlier
+            versions works too: ``alpha``, ``temperature``, ``beta`` (0: no qkv hooks), ``gamma``
+            (0: no block hooks), ``logits`` (``False``: no soft CE), ``student_layers``,
+            ``teacher_layers``, ``num_pairs`` (see :func:`~minivit.distill.mapping.layer_mapping`;
+            default one pair, the last blocks, as MiniLMv2), ``num_relation_heads`` and ``hidden``
+            (``"relation"``, the paper's Gram-matrix MSE, or ``"projection"``, MSE after a learned
+            linear projection trained with the student).
+        label_smoothing: for the hard-label CE with integer targets (a training option).
 
     ``forward(batch)`` returns ``{"loss", "ce", "kd", "attn", "hidden"}`` (only the enabled terms,
     each detached except ``loss``). With cached teacher logits (a third batch element) and no
@@ -103,34 +83,21 @@ class DistillationObjective(nn.Module):
         self,
         student: nn.Module,
         teacher: nn.Module,
+        config: DistillConfig | dict | None = None,
         *,
-        alpha: float = 0.0,
-        temperature: float = 1.0,
-        beta: float = 1.0,
-        gamma: float = 0.1 * HIDDEN_RELATION_SCALE,
-        logits: bool = True,
-        student_layers: Sequence[int] | None = None,
-        teacher_layers: Sequence[int] | None = None,
-        num_pairs: int | None = None,
-        num_relation_heads: int = 1,
-        hidden: str = "relation",
         label_smoothing: float = 0.0,
+        **options,
     ):
         super().__init__()
+        config = as_distill_config(config, **options)
+        self.config = config
         self.model = student
         # Not a registered submodule: no teacher weights in parameters(), state_dict() or DDP.
         object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False))
-        self.alpha = _weight(alpha, "alpha", 0.0, 1.0)
-        self.temperature = _weight(temperature, "temperature", 1e-6)
-        self.beta = _weight(beta, "beta")
-        self.gamma = _weight(gamma, "gamma")
-        self.kd_weight = (1.0 - self.alpha) if logits else 0.0
-        self.label_smoothing = _weight(label_smoothing, "label_smoothing", 0.0, 0.999)
-        self.num_relation_heads = num_relation_heads
-        if hidden not in ("relation", "projection"):
-            raise ConfigError(f"unknown hidden loss {hidden!r}", "use 'relation' or 'projection'")
-        if self.alpha == 0 and self.kd_weight == 0 and self.beta == 0 and self.gamma == 0:
-            raise ConfigError("every distillation term has weight 0", "enable logits, attn or hidden, or set alpha > 0")
+        self.alpha, self.temperature = config.alpha, config.temperature
+        self.beta, self.gamma, self.kd_weight = config.attn_weight, config.hidden_weight, config.kd_weight
+        self.label_smoothing = number_in(label_smoothing, "label_smoothing", 0.0, 0.999)
+        self.num_relation_heads = config.num_relation_heads
         s_out = getattr(student, "num_classes", None)
         t_out = getattr(teacher, "num_classes", None)
         if s_out is not None and t_out is not None and s_out != t_out and (self.kd_weight > 0):
@@ -143,15 +110,19 @@ class DistillationObjective(nn.Module):
         self._captures: list[FeatureCapture] = []
         if self.beta > 0 or self.gamma > 0:
             n_s, n_t = num_layers(student), num_layers(teacher)
-            if num_pairs is None and student_layers is None and teacher_layers is None:
+            num_pairs, s_layers, t_layers = config.num_pairs, config.student_layers, config.teacher_layers
+            if num_pairs is None and s_layers is None and t_layers is None:
                 num_pairs = 1  # the last blocks (MiniLMv2); the authors' Mini-Swin used 6 of 12: pass lists
-            self.pairs = layer_mapping(n_s, n_t, num_pairs, student_layers, teacher_layers)
+            self.pairs = layer_mapping(
+                n_s, n_t, num_pairs, None if s_layers is None else list(s_layers),
+                None if t_layers is None else list(t_layers),
+            )  # fmt: skip
             s_idx, t_idx = [s for s, _ in self.pairs], [t for _, t in self.pairs]
             want = dict(qkv=self.beta > 0, hidden=self.gamma > 0)
             self.student_features = FeatureCapture(student, s_idx, **want)
             self.teacher_features = FeatureCapture(teacher, t_idx, **want)
             self._captures = [self.student_features, self.teacher_features]
-            if self.gamma > 0 and hidden == "projection":
+            if self.gamma > 0 and config.hidden_loss == "projection":
                 self.projection = HiddenProjectionMSE(_width(student), _width(teacher))
 
     @property

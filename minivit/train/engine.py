@@ -33,7 +33,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ from ..errors import CheckpointError, ConfigError, MinivitError
 from .data import EpochBatchSampler, SeededBatches
 from .state import LAST, atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
-__all__ = ["TrainConfig", "StepContext", "TrainingError", "fit", "evaluate", "config_diff"]
+__all__ = ["Loop", "Position", "TrainConfig", "StepContext", "TrainingError", "fit", "evaluate", "config_diff"]
 
 
 def processes() -> PartialState:
@@ -68,25 +68,37 @@ class TrainingError(MinivitError):
 
 @dataclass
 class TrainConfig:
-    """How to train. ``batch_size`` is per process; ``warmup_epochs`` may be fractional."""
+    """How to train. ``batch_size`` is per process; ``warmup_epochs`` may be fractional.
 
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    grad_accum: int = 1
-    clip_grad: float | None = None
-    mixup: float = 0.0  # timm Mixup alpha (0: off)
-    cutmix: float = 0.0  # timm CutMix alpha (0: off)
-    label_smoothing: float = 0.0  # applied through Mixup's targets when mixup/cutmix is on
-    seed: int = 0
-    num_workers: int = 0
-    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
-    mixed_precision: str = "no"  # "no", "fp16" or "bf16"; GPU only
-    eval_batch_size: int | None = None
-    progress: bool = True  # tqdm bars (main process, terminal only)
+    Each field's ``metadata["help"]`` is its help text (the CLI builds its flags from the fields);
+    ``metadata["min"]`` is the smallest value the CLI accepts, ``"required"`` that the CLI asks for it.
+    """
+
+    epochs: int = field(default=10, metadata={"help": "training epochs", "min": 1, "required": True})
+    batch_size: int = field(default=128, metadata={"help": "images per step and process", "min": 1})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
+    min_lr: float = field(default=1e-5, metadata={"help": "final cosine learning rate"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases and norms)"})
+    warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up, may be fractional"})
+    grad_accum: int = field(default=1, metadata={"help": "accumulate gradients over N batches", "min": 1})
+    clip_grad: float | None = field(
+        default=None, metadata={"help": "clip the gradient norm to this value", "type": float}
+    )
+    mixup: float = field(default=0.0, metadata={"help": "timm Mixup alpha (0: off)"})
+    cutmix: float = field(default=0.0, metadata={"help": "timm CutMix alpha (0: off)"})
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "label smoothing (through Mixup's targets when mixup/cutmix is on)"}
+    )
+    seed: int = field(default=0, metadata={"help": "model init, data order, augmentation, drop-path"})
+    num_workers: int = field(default=0, metadata={"help": "data loader worker processes", "min": 0})
+    checkpoint_every: int = field(
+        default=0, metadata={"help": "also checkpoint every N optimizer steps (0: epoch ends only)", "min": 0}
+    )
+    mixed_precision: str = field(
+        default="no", metadata={"help": "autocast on GPU only (ignored on CPU)", "choices": ("no", "fp16", "bf16")}
+    )
+    eval_batch_size: int | None = field(default=None, metadata={"help": "validation batch size", "cli": False})
+    progress: bool = field(default=True, metadata={"help": "progress bars (main process, terminal only)"})
 
     def check(self) -> TrainConfig:
         ints = {"epochs": 1, "batch_size": 1, "grad_accum": 1, "num_workers": 0, "checkpoint_every": 0}
@@ -228,6 +240,7 @@ def fit(
     output_dir: str | Path,
     *,
     run_config: dict | None = None,
+    config_defaults: dict | None = None,
     resume: bool = False,
     force: bool = False,
     callbacks: Sequence[Callback] = (),
@@ -238,236 +251,311 @@ def fit(
     ``output_dir`` receives ``checkpoints/last.pt`` (+ ``best.pt``), ``metrics.jsonl`` (one JSON
     record per epoch) and ``tensorboard/`` when TensorBoard is installed. ``run_config`` (JSON-able)
     is stored in checkpoints; ``resume=True`` continues from ``checkpoints/last.pt`` (if there is
-    one) and refuses a different ``run_config`` unless ``force``.
+    one) and refuses a different ``run_config`` unless ``force``. ``config_defaults`` gives the
+    values of keys that a checkpoint written before they existed lacks.
     """
     cfg = config.check()
-    out = Path(output_dir)
-    ckpt_dir = out / "checkpoints"
     run_config = json.loads(json.dumps(run_config or {}, default=str))
     if len(train_set) == 0 or len(val_set) == 0:
         raise ConfigError("the training and validation sets must not be empty")
+    loop = Loop(objective, train_set, val_set, cfg, Path(output_dir), run_config, callbacks, log)
+    state = loop.resume(force, config_defaults) if resume else None
+    loop.prepare(state)
+    return loop.run()
 
-    # -- processes, devices, precision
-    proc = processes()
-    world = proc.num_processes
-    mixed = cfg.mixed_precision
-    if mixed != "no" and not torch.cuda.is_available():
-        warnings.warn(f"mixed precision {mixed} needs a GPU; training in float32 on CPU", stacklevel=2)
-        mixed = "no"
-    loader_kwargs = dict(num_workers=cfg.num_workers, collate_fn=_collate, generator=torch.Generator())
-    probe = DataLoader(SeededBatches(train_set), batch_sampler=[[0, min(1, len(train_set) - 1)]], **loader_kwargs)
-    unused = []
-    if world > 1:
-        objective.to(proc.device)
-        unused = _unused_parameters(objective, [t.to(proc.device) for t in next(iter(probe))])
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=bool(unused))] if world > 1 else []
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(), kwargs_handlers=handlers)
-    rank, device, main = accelerator.process_index, accelerator.device, accelerator.is_main_process
-    note = log if (log is not None and main) else (lambda _msg: None)
-    if unused:
-        note(f"note: {len(unused)} parameters get no gradient (e.g. {unused[0]}); DDP finds unused parameters")
 
-    # -- data: order and augmentation depend on (seed, epoch, step, rank) only
-    mixup_fn = None
-    if cfg.mixup > 0 or cfg.cutmix > 0:
-        from timm.data import Mixup
+@dataclass
+class Position:
+    """Where a run stands: saved in every checkpoint, restored on resume."""
 
-        num_classes = getattr(objective.model, "num_classes", None)
-        mixup_fn = Mixup(
-            mixup_alpha=cfg.mixup,
-            cutmix_alpha=cfg.cutmix,
-            label_smoothing=cfg.label_smoothing,
-            num_classes=num_classes,
+    epoch: int = 0  # the epoch being trained (0-based)
+    skip: int = 0  # batches of that epoch already trained on
+    step: int = 0  # optimizer steps done
+    best: float = -1.0  # best validation top-1 so far
+    history: list = field(default_factory=list)  # per-epoch records
+    sums: dict = field(default_factory=dict)  # this epoch's loss-term sums, weighted by batch size
+    seen: int = 0  # this epoch's images (this process)
+    elapsed: float = 0.0  # this epoch's training time (s)
+
+    def reset_epoch(self) -> None:
+        self.skip, self.sums, self.seen, self.elapsed = 0, {}, 0, 0.0
+
+
+class Loop:
+    """One :func:`fit` run, in parts: setup (the constructor), :meth:`resume`, :meth:`prepare`, then
+    :meth:`run`, which for every epoch runs :meth:`step` per batch and :meth:`end_epoch`."""
+
+    def __init__(self, objective, train_set, val_set, cfg: TrainConfig, out: Path, run_config: dict, callbacks, log):
+        self.cfg, self.out, self.ckpt_dir = cfg, out, out / "checkpoints"
+        self.run_config, self.callbacks, self.pos = run_config, list(callbacks), Position()
+        self.loader_kwargs = dict(num_workers=cfg.num_workers, collate_fn=_collate, generator=torch.Generator())
+        self.objective = objective
+        self._accelerate(objective, train_set, log)
+        self._data(objective, train_set, val_set)
+        self.optimizer = torch.optim.AdamW(param_groups(objective, cfg.weight_decay), lr=cfg.lr)
+        steps_per_epoch = math.ceil(self.batches / cfg.grad_accum)
+        self.scheduler = cosine_schedule(
+            self.optimizer,
+            cfg.epochs * steps_per_epoch,
+            round(cfg.warmup_epochs * steps_per_epoch),
+            cfg.min_lr / cfg.lr,
         )
-    sampler = EpochBatchSampler(len(train_set), cfg.batch_size, cfg.seed, rank, world, drop_last=mixup_fn is not None)
-    if len(sampler) == 0:
-        raise ConfigError(f"batch size {cfg.batch_size} is larger than the training set ({len(train_set)} samples)")
-    loader = DataLoader(SeededBatches(train_set), batch_sampler=sampler, **loader_kwargs)
-    val_loader = DataLoader(
-        Subset(val_set, range(rank, len(val_set), world)),
-        batch_size=cfg.eval_batch_size or cfg.batch_size,
-        **loader_kwargs,
-    )
-    batches = len(sampler)
-    steps_per_epoch = math.ceil(batches / cfg.grad_accum)
 
-    # -- optimisation
-    optimizer = torch.optim.AdamW(param_groups(objective, cfg.weight_decay), lr=cfg.lr)
-    scheduler = cosine_schedule(
-        optimizer, cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr / cfg.lr
-    )
+    def _accelerate(self, objective, train_set, log) -> None:
+        """Processes, devices, precision; DDP is told about parameters a probe step finds without gradients."""
+        proc = processes()
+        self.world = proc.num_processes
+        mixed = self.cfg.mixed_precision
+        if mixed != "no" and not torch.cuda.is_available():
+            warnings.warn(f"mixed precision {mixed} needs a GPU; training in float32 on CPU", stacklevel=4)
+            mixed = "no"
+        unused = []
+        if self.world > 1:
+            probe = DataLoader(
+                SeededBatches(train_set), batch_sampler=[[0, min(1, len(train_set) - 1)]], **self.loader_kwargs
+            )
+            objective.to(proc.device)
+            unused = _unused_parameters(objective, [t.to(proc.device) for t in next(iter(probe))])
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=bool(unused))] if self.world > 1 else []
+        self.accelerator = Accelerator(
+            mixed_precision=mixed, cpu=not torch.cuda.is_available(), kwargs_handlers=handlers
+        )
+        acc = self.accelerator
+        self.rank, self.device, self.main = acc.process_index, acc.device, acc.is_main_process
+        self.note = log if (log is not None and self.main) else (lambda _msg: None)
+        if unused:
+            self.note(f"note: {len(unused)} parameters get no gradient (e.g. {unused[0]}); DDP finds unused parameters")
 
-    # -- resume
-    start_epoch, skip, step, best, history = 0, 0, 0, -1.0, []
-    sums, seen, elapsed = {}, 0, 0.0
-    state = None
-    if resume and (ckpt_dir / LAST).is_file():
-        state = load_checkpoint(ckpt_dir / LAST)
-        diff = config_diff(state.get("config", {}), run_config)
+    def _data(self, objective, train_set, val_set) -> None:
+        """Loaders whose order and augmentation depend on (seed, epoch, step, rank) only."""
+        cfg, world, rank = self.cfg, self.world, self.rank
+        self.mixup_fn = None
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            from timm.data import Mixup
+
+            self.mixup_fn = Mixup(
+                mixup_alpha=cfg.mixup,
+                cutmix_alpha=cfg.cutmix,
+                label_smoothing=cfg.label_smoothing,
+                num_classes=getattr(objective.model, "num_classes", None),
+            )
+        drop_last = self.mixup_fn is not None
+        self.sampler = EpochBatchSampler(len(train_set), cfg.batch_size, cfg.seed, rank, world, drop_last=drop_last)
+        if len(self.sampler) == 0:
+            raise ConfigError(f"batch size {cfg.batch_size} is larger than the training set ({len(train_set)} samples)")
+        self.loader = DataLoader(SeededBatches(train_set), batch_sampler=self.sampler, **self.loader_kwargs)
+        self.val_loader = DataLoader(
+            Subset(val_set, range(rank, len(val_set), world)),
+            batch_size=cfg.eval_batch_size or cfg.batch_size,
+            **self.loader_kwargs,
+        )
+        self.batches = len(self.sampler)
+
+    # ------------------------------------------------------------------ resume
+
+    def resume(self, force: bool, defaults: dict | None = None) -> dict | None:
+        """Load ``last.pt`` (if any) into the objective and the position; the state, or ``None``."""
+        path = self.ckpt_dir / LAST
+        if not path.is_file():
+            return None
+        state = load_checkpoint(path)
+        saved = {**json.loads(json.dumps(defaults or {}, default=str)), **state.get("config", {})}
+        diff = config_diff(saved, self.run_config)
         if diff and not force:
             raise ConfigError(
-                f"{ckpt_dir / LAST} was made with a different configuration ({'; '.join(diff)})",
+                f"{path} was made with a different configuration ({'; '.join(diff)})",
                 "resume with the same options, or pass --force to continue anyway",
             )
         try:
-            objective.load_state_dict(state["objective"])
+            self.objective.load_state_dict(state["objective"])
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise CheckpointError(f"checkpoint does not fit the model: {first}", "resume with the same model") from None
-        start_epoch, skip, step = state["epoch"], state["batches_done"], state["step"]
-        best, history = state["best_top1"], state["history"]
-        sums, seen, elapsed = state["epoch_sums"], state["epoch_images"], state["epoch_time"]
-        if state["world_size"] != world:
+        self.pos = Position(
+            state["epoch"], state["batches_done"], state["step"], state["best_top1"], state["history"],
+            state["epoch_sums"], state["epoch_images"], state["epoch_time"],
+        )  # fmt: skip
+        if state["world_size"] != self.world:
             if not force:
                 raise ConfigError(
-                    f"checkpoint was written by {state['world_size']} processes, this run has {world}",
+                    f"checkpoint was written by {state['world_size']} processes, this run has {self.world}",
                     "resume with the same number of processes, or pass --force",
                 )
-            skip = skip * state["world_size"] // world
-    objective, optimizer = accelerator.prepare(objective, optimizer)
-    core = accelerator.unwrap_model(objective)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if accelerator.scaler is not None and state.get("scaler") is not None:
-            accelerator.scaler.load_state_dict(state["scaler"])
-        note(f"resumed from {ckpt_dir / LAST}: epoch {start_epoch + 1}, batch {skip}, step {step}")
-    if state is not None and state["world_size"] == world:
-        set_rng_state(state["rng"][rank])
-    else:
-        torch.manual_seed(cfg.seed + rank)
-        random.seed(cfg.seed + rank)
-        np.random.seed((cfg.seed + rank) % 2**32)
-    del state
+            self.pos.skip = self.pos.skip * state["world_size"] // self.world
+        return state
 
-    def checkpoint(epoch: int, batches_done: int, is_best: bool = False) -> None:
-        rngs = gather_object([rng_state()]) if world > 1 else [rng_state()]
+    def prepare(self, state: dict | None) -> None:
+        """Wrap for the processes; restore optimizer, scheduler, scaler and RNGs from ``state``, or seed."""
+        acc = self.accelerator
+        self.objective, self.optimizer = acc.prepare(self.objective, self.optimizer)
+        self.core = acc.unwrap_model(self.objective)
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if acc.scaler is not None and state.get("scaler") is not None:
+                acc.scaler.load_state_dict(state["scaler"])
+            p = self.pos
+            self.note(f"resumed from {self.ckpt_dir / LAST}: epoch {p.epoch + 1}, batch {p.skip}, step {p.step}")
+        if state is not None and state["world_size"] == self.world:
+            set_rng_state(state["rng"][self.rank])
+        else:
+            seed = self.cfg.seed + self.rank
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+
+    def checkpoint(self, epoch: int, batches_done: int, is_best: bool = False) -> None:
+        """Every process's RNG states plus the main process's full state, written atomically."""
+        acc, p = self.accelerator, self.pos
+        rngs = gather_object([rng_state()]) if self.world > 1 else [rng_state()]
         error = None
-        if main:
+        if self.main:
             payload = {
-                "objective": core.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                "objective": self.core.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                 "epoch": epoch,
                 "batches_done": batches_done,
-                "step": step,
-                "world_size": world,
-                "best_top1": best,
-                "history": history,
-                "epoch_sums": sums,
-                "epoch_images": seen,
-                "epoch_time": elapsed,
-                "config": run_config,
+                "step": p.step,
+                "world_size": self.world,
+                "best_top1": p.best,
+                "history": p.history,
+                "epoch_sums": p.sums,
+                "epoch_images": p.seen,
+                "epoch_time": p.elapsed,
+                "config": self.run_config,
                 "rng": rngs,
             }
             try:
-                save_checkpoint(ckpt_dir, payload, best=is_best)
+                save_checkpoint(self.ckpt_dir, payload, best=is_best)
             except CheckpointError as e:
                 error = e
         failed = error is not None
-        if world > 1:
-            failed = accelerator.reduce(torch.tensor(float(failed), device=device), "sum").item() > 0
+        if self.world > 1:
+            failed = acc.reduce(torch.tensor(float(failed), device=self.device), "sum").item() > 0
         if failed:
             raise error or CheckpointError("the main process could not write its checkpoint")
 
-    writer = _tensorboard(out / "tensorboard") if main else None
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            sampler.set_epoch(epoch, skip)
-            objective.train()
-            show = None if (main and cfg.progress) else True  # None: only on a terminal
-            bar = tqdm(
-                total=batches,
-                initial=skip,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                leave=False,
-                dynamic_ncols=True,
-                disable=show,
-            )
-            tick = time.perf_counter()
-            for i, batch in enumerate(loader, start=skip):
-                batch = [t.to(device, non_blocking=True) for t in batch]
-                if mixup_fn is not None:
-                    batch[0], batch[1] = mixup_fn(batch[0], batch[1])
-                group_start = i - i % cfg.grad_accum
-                group = min(cfg.grad_accum, batches - group_start)
-                sync = i + 1 == group_start + group
-                with contextlib.nullcontext() if sync else accelerator.no_sync(objective):
-                    with accelerator.autocast():
-                        terms = objective(batch)
-                    loss = terms["loss"]
-                    bad = ~torch.isfinite(loss.detach())
-                    if world > 1:
-                        bad = accelerator.reduce(bad.float(), "sum") > 0
-                    if bad:
-                        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-                        raise TrainingError(
-                            f"loss is not finite at epoch {epoch + 1}, step {step + 1} ({values}); training stopped, "
-                            f"the last good checkpoint is kept in {ckpt_dir}",
-                            "lower --lr or set --clip-grad",
-                        )
-                    accelerator.backward(loss / group)
-                values = {k: float(v.detach()) for k, v in terms.items()}
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v * len(batch[0])
-                seen += len(batch[0])
-                bar.update(1)
-                if not sync:
-                    continue
-                if cfg.clip_grad is not None:
-                    accelerator.clip_grad_norm_(objective.parameters(), cfg.clip_grad)
-                lr = optimizer.param_groups[0]["lr"]
-                for callback in callbacks:
-                    callback(StepContext(epoch, step, values, lr, core.model, core, optimizer, accelerator))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                now = time.perf_counter()
-                elapsed, tick = elapsed + now - tick, now
-                bar.set_postfix(
-                    {k: f"{v:.3f}" for k, v in values.items()} | {"img/s": f"{seen * world / max(elapsed, 1e-9):.0f}"},
-                    refresh=False,
-                )
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and i + 1 < batches:
-                    checkpoint(epoch, i + 1)
-                    tick = time.perf_counter()  # checkpoint writing is not training time
-            bar.close()
+    # ------------------------------------------------------------------ training
 
-            # -- end of epoch: evaluate, record, checkpoint
-            eval_sums = _eval_sums(core.model, val_loader, None, device, accelerator.autocast)
-            if world > 1:
-                eval_sums = accelerator.reduce(eval_sums, "sum")
-            val = _eval_metrics(eval_sums)
-            record = {
-                "epoch": epoch + 1,
-                "step": step,
-                "lr": optimizer.param_groups[0]["lr"],
-                **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-                **{f"val_{k}": v for k, v in val.items()},
-                "img_per_s": seen * world / max(elapsed, 1e-9),
-                "epoch_time_s": elapsed,
-            }
-            history.append(record)
-            is_best = val["top1"] > best
-            best = max(best, val["top1"])
-            skip, sums, seen, elapsed = 0, {}, 0, 0.0
-            checkpoint(epoch + 1, 0, is_best)
-            if main:
-                lines = "".join(json.dumps(r) + "\n" for r in history)
-                atomic_write(out / "metrics.jsonl", lambda f, text=lines: f.write(text.encode()))
-                if writer is not None:
-                    for k, v in record.items():
-                        if k != "epoch":
-                            writer.add_scalar(k, v, epoch + 1)
-                    writer.flush()
-            terms_text = " ".join(f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("train_"))
-            note(
-                f"epoch {epoch + 1}/{cfg.epochs}  {terms_text}  val top-1 {val['top1']:.2f} top-5 {val['top5']:.2f}"
-                f"  {record['img_per_s']:.0f} img/s  {record['epoch_time_s']:.1f} s"
+    def run(self) -> dict:
+        writer = _tensorboard(self.out / "tensorboard") if self.main else None
+        try:
+            for epoch in range(self.pos.epoch, self.cfg.epochs):
+                self.train_epoch(epoch)
+                self.end_epoch(epoch, writer)
+        finally:
+            if writer is not None:
+                writer.close()
+        history = self.pos.history
+        return {
+            "history": history,
+            "final": history[-1] if history else None,
+            "best_top1": self.pos.best,
+            "world_size": self.world,
+        }
+
+    def train_epoch(self, epoch: int) -> None:
+        p, cfg = self.pos, self.cfg
+        self.sampler.set_epoch(epoch, p.skip)
+        self.objective.train()
+        self.bar = tqdm(
+            total=self.batches,
+            initial=p.skip,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=None if (self.main and cfg.progress) else True,  # None: only on a terminal
+        )
+        self.tick = time.perf_counter()
+        for i, batch in enumerate(self.loader, start=p.skip):
+            if self.step(epoch, i, batch) and cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0:
+                if i + 1 < self.batches:
+                    self.checkpoint(epoch, i + 1)
+                    self.tick = time.perf_counter()  # checkpoint writing is not training time
+        self.bar.close()
+
+    def step(self, epoch: int, i: int, batch) -> bool:
+        """Forward and backward of batch ``i``; an optimizer step when it ends a ``grad_accum`` group
+        (then ``True``)."""
+        acc, cfg, p = self.accelerator, self.cfg, self.pos
+        batch = [t.to(self.device, non_blocking=True) for t in batch]
+        if self.mixup_fn is not None:
+            batch[0], batch[1] = self.mixup_fn(batch[0], batch[1])
+        group_start = i - i % cfg.grad_accum
+        group = min(cfg.grad_accum, self.batches - group_start)
+        sync = i + 1 == group_start + group
+        with contextlib.nullcontext() if sync else acc.no_sync(self.objective):
+            with acc.autocast():
+                terms = self.objective(batch)
+            self._check_finite(terms, epoch)
+            acc.backward(terms["loss"] / group)
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        for k, v in values.items():
+            p.sums[k] = p.sums.get(k, 0.0) + v * len(batch[0])
+        p.seen += len(batch[0])
+        self.bar.update(1)
+        if not sync:
+            return False
+        if cfg.clip_grad is not None:
+            acc.clip_grad_norm_(self.objective.parameters(), cfg.clip_grad)
+        lr = self.optimizer.param_groups[0]["lr"]
+        for callback in self.callbacks:
+            callback(StepContext(epoch, p.step, values, lr, self.core.model, self.core, self.optimizer, acc))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        p.step += 1
+        now = time.perf_counter()
+        p.elapsed, self.tick = p.elapsed + now - self.tick, now
+        speed = f"{p.seen * self.world / max(p.elapsed, 1e-9):.0f}"
+        self.bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()} | {"img/s": speed}, refresh=False)
+        return True
+
+    def _check_finite(self, terms: dict, epoch: int) -> None:
+        bad = ~torch.isfinite(terms["loss"].detach())
+        if self.world > 1:
+            bad = self.accelerator.reduce(bad.float(), "sum") > 0
+        if bad:
+            values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+            raise TrainingError(
+                f"loss is not finite at epoch {epoch + 1}, step {self.pos.step + 1} ({values}); training stopped, "
+                f"the last good checkpoint is kept in {self.ckpt_dir}",
+                "lower --lr or set --clip-grad",
             )
-    finally:
-        if writer is not None:
-            writer.close()
-    return {"history": history, "final": history[-1] if history else None, "best_top1": best, "world_size": world}
+
+    def end_epoch(self, epoch: int, writer) -> None:
+        """Evaluate, record, checkpoint, write ``metrics.jsonl`` and log the epoch's line."""
+        p, acc = self.pos, self.accelerator
+        eval_sums = _eval_sums(self.core.model, self.val_loader, None, self.device, acc.autocast)
+        if self.world > 1:
+            eval_sums = acc.reduce(eval_sums, "sum")
+        val = _eval_metrics(eval_sums)
+        record = {
+            "epoch": epoch + 1,
+            "step": p.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **{f"train_{k}": v / max(p.seen, 1) for k, v in p.sums.items()},
+            **{f"val_{k}": v for k, v in val.items()},
+            "img_per_s": p.seen * self.world / max(p.elapsed, 1e-9),
+            "epoch_time_s": p.elapsed,
+        }
+        p.history.append(record)
+        is_best = val["top1"] > p.best
+        p.best = max(p.best, val["top1"])
+        p.reset_epoch()
+        self.checkpoint(epoch + 1, 0, is_best)
+        if self.main:
+            lines = "".join(json.dumps(r) + "\n" for r in p.history)
+            atomic_write(self.out / "metrics.jsonl", lambda f: f.write(lines.encode()))
+            if writer is not None:
+                for k, v in record.items():
+                    if k != "epoch":
+                        writer.add_scalar(k, v, epoch + 1)
+                writer.flush()
+        terms_text = " ".join(f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("train_"))
+        self.note(
+            f"epoch {epoch + 1}/{self.cfg.epochs}  {terms_text}  val top-1 {val['top1']:.2f} top-5 {val['top5']:.2f}"
+            f"  {record['img_per_s']:.0f} img/s  {record['epoch_time_s']:.1f} s"
+        )
