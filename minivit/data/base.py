@@ -188,8 +188,7 @@ class TensorImageDataset(ImageDataset):
         self.split = split
         if images.dtype != torch.uint8 or images.ndim not in (3, 4):
             raise DataError(
-                "images must be a uint8 tensor [N, H, W] or [N, C, H, W], "
-                f"got {images.dtype} {tuple(images.shape)}"
+                f"images must be a uint8 tensor [N, H, W] or [N, C, H, W], got {images.dtype} {tuple(images.shape)}"
             )
         if images.ndim == 3:
             images = images.unsqueeze(1)
@@ -197,9 +196,7 @@ class TensorImageDataset(ImageDataset):
         if labels.shape != (images.shape[0],):
             raise DataError(f"{images.shape[0]} images but labels have shape {tuple(labels.shape)}")
         if len(labels) and (labels.min() < 0 or labels.max() >= len(self.classes)):
-            raise DataError(
-                f"labels must lie in [0, {len(self.classes)}), found {labels.min()}..{labels.max()}"
-            )
+            raise DataError(f"labels must lie in [0, {len(self.classes)}), found {labels.min()}..{labels.max()}")
         # Fail at construction, not in the first batch, when channels cannot be converted.
         if len(images):
             self.pipeline(images[:1])

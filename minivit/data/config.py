@@ -259,9 +259,7 @@ class AugmentConfig:
     scale: tuple[float, float] = field(
         default=(0.08, 1.0), metadata=_help("random resized crop area range, as fractions of the image")
     )
-    ratio: tuple[float, float] = field(
-        default=(3 / 4, 4 / 3), metadata=_help("random resized crop aspect ratio range")
-    )
+    ratio: tuple[float, float] = field(default=(3 / 4, 4 / 3), metadata=_help("random resized crop aspect ratio range"))
     hflip: float = field(default=0.5, metadata=_help("horizontal flip probability"))
     color_jitter: float | None = field(
         default=0.4, metadata=_help("colour jitter strength (brightness, contrast, saturation); off while aa is set")
@@ -322,4 +320,3 @@ def _check_aa(policy: str) -> None:
             f"unknown augmentation policy {policy!r} ({type(err).__name__}: {err})",
             hint="e.g. rand-m9-mstd0.5-inc1 (RandAugment), original or v0 (AutoAugment), augmix-m5-w4-d2",
         ) from None
-

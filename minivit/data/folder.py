@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from minivit.data.base import ImageDataset, Sample, check_limit, normalize_split, stratified_first_n
-from minivit.data.config import AugmentConfig, DataConfig, legacy_data_config
+from minivit.data.config import AugmentConfig, DataConfig
 from minivit.data.pipeline import ImgSize, LightAugment
 from minivit.data.scan import (
     IMAGE_EXTENSIONS,
@@ -251,8 +251,6 @@ def _scan(root: Path, split: str) -> tuple[list[str], SampleTable]:
     return classes, table
 
 
-
-
 class ImageFolderDataset(ImageDataset):
     """An image folder split (see the module docstring for the layout and the rules).
 
@@ -285,7 +283,9 @@ class ImageFolderDataset(ImageDataset):
     ):
         light = LightAugment(padding_mode="reflect") if train_augment and data_config is None else None
         root = Path(root).expanduser()
-        super().__init__([], img_size=img_size, in_chans=in_chans, augment=light, name=str(root), data_config=data_config)
+        super().__init__(
+            [], img_size=img_size, in_chans=in_chans, augment=light, name=str(root), data_config=data_config
+        )
         limit = check_limit(limit)
         self.root = root
         self.split = normalize_split(split)
@@ -366,8 +366,8 @@ class ImageFolderDataset(ImageDataset):
         why = "permission denied" if denied else f"{type(err).__name__}: {err}"
         if not self.broken:
             warnings.warn(
-                f"cannot {'read' if denied else 'decode'} '{path}' ({why}); it is replaced by another sample, and so is any other "
-                "broken file met from now on (listed in dataset.broken); delete or fix them",
+                f"cannot {'read' if denied else 'decode'} '{path}' ({why}); it is replaced by another sample, "
+                "and so is any other broken file met from now on (listed in dataset.broken); delete or fix them",
                 stacklevel=4,
             )
         self.broken[str(path)] = why

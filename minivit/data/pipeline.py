@@ -74,9 +74,7 @@ def per_channel(value: float | Sequence[float], in_chans: int, what: str) -> tup
     """Broadcast a scalar mean/std to ``in_chans`` values, or check a sequence has that length."""
     values = (float(value),) * in_chans if isinstance(value, int | float) else tuple(map(float, value))
     if len(values) != in_chans:
-        raise DataError(
-            f"{what} has {len(values)} values but in_chans is {in_chans}", hint="give one per channel"
-        )
+        raise DataError(f"{what} has {len(values)} values but in_chans is {in_chans}", hint="give one per channel")
     if what == "std" and any(v <= 0 for v in values):
         raise DataError(f"std values must be positive, got {values}")
     return values

@@ -68,9 +68,7 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def walk_images(
-    folder: str, visited: set[tuple[int, int]], links: list[str], prefix: str = ""
-) -> Iterator[str]:
+def walk_images(folder: str, visited: set[tuple[int, int]], links: list[str], prefix: str = "") -> Iterator[str]:
     """Image files below ``folder``, as ``prefix`` + their path relative to ``folder``, in a stable
     order (a folder's own files by name, then its sub-folders by name, depth first).
 
