@@ -24,13 +24,16 @@ PREDICTION_COLUMNS = ("path", "label", "pred", "pred_name", "prob")
 def prediction_rows(dataset, logits: torch.Tensor, indices: Sequence[int] | None = None) -> list[dict]:
     """Rows for :func:`write_predictions` from a dataset and the model's logits ``[N, classes]``.
 
-    ``indices`` are the dataset indices the logits belong to, in order (default: ``0..N-1``).
+    ``indices`` are the dataset indices the logits belong to, in order (default: every sample).
     The dataset needs ``classes``, ``targets`` and ``sample_id(index)``
     (every :class:`~minivit.data.base.ImageDataset` has them).
     """
-    indices = list(range(len(logits))) if indices is None else list(indices)
-    if logits.ndim != 2 or len(indices) != len(logits):
-        raise DataError(f"expected one row of logits per sample, got {tuple(logits.shape)} for {len(indices)}")
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    if logits.ndim != 2 or len(indices) != len(logits) or any(not 0 <= i < len(dataset) for i in indices):
+        raise DataError(
+            f"expected one row of logits per sample, got {tuple(logits.shape)} for {len(indices)} samples "
+            f"of a dataset of {len(dataset)}"
+        )
     probs = torch.softmax(logits.detach().float(), dim=1)
     prob, pred = probs.max(dim=1)
     targets = dataset.targets
