@@ -124,8 +124,8 @@ def test_deit_teacher_and_student_receive_exactly_timms_eval_tensors(tmp_path):
     val = build_dataset(root, "val", data_config=resolve_data_config(teacher))
     expected = torch.stack([reference(Image.open(path).convert("RGB")) for path, _ in val.samples])
     for model in (teacher, student):
-        seen = []
-        handle = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+        seen: list[torch.Tensor] = []
+        handle = model.register_forward_pre_hook(lambda _m, args, seen=seen: seen.append(args[0].clone()))
         with torch.no_grad():
             for x, _ in DataLoader(build_dataset(root, "val", data_config=resolve_data_config(model)), batch_size=3):
                 model(x)

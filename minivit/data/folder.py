@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,6 @@ LAYOUT_HINT = "an image folder needs train/ and val/ sub-folders, each with one 
 VERIFY_MAX_FILES = 1000
 """Splits with at most this many files are test-decoded when built (``verify=None``)."""
 _GREY_HIGH_DEPTH = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
-
-
-def is_image_file(path: Path) -> bool:
-    return is_image_name(Path(path).name)
 
 
 def _show(paths: Sequence, limit: int = 3) -> str:
@@ -109,18 +106,6 @@ def pil_to_array(img: Image.Image) -> np.ndarray:
     return np.array(array.transpose(2, 0, 1), order="C")  # a writable copy (PIL's buffer is read-only)
 
 
-def load_image(path: Path, draft_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode an image file to ``[C, H, W]`` (see :func:`pil_to_array`); raises on any failure.
-
-    ``draft_size`` (``(height, width)``) lets JPEGs decode at a reduced scale no smaller than it.
-    """
-    with Image.open(path) as img:
-        if draft_size is not None and img.format == "JPEG":
-            img.draft(img.mode, (draft_size[1], draft_size[0]))
-        img.load()
-        return pil_to_array(img)
-
-
 def to_rgb_or_grey(img: Image.Image) -> Image.Image:
     """A loaded image as mode "RGB" or "L" (8-bit), converted as :func:`pil_to_array` does."""
     if img.mode in ("RGB", "L"):
@@ -160,6 +145,24 @@ def _failure(path: str | os.PathLike) -> str | None:
         return "cannot be read"
     except Exception:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
         return "could not be decoded"
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run per-image torch ops on one thread, as in loader workers.
+
+    ``ToTensor`` and ``Normalize`` on one 224 px image are far too small to share: with several
+    intra-op threads on a busy machine they ran ~10x slower than on one.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_decodable(paths: list[Path]) -> list[str | None]:
@@ -375,7 +378,8 @@ class ImageFolderDataset(ImageDataset):
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
         indices = [range(len(self.samples))[i] for i in indices]  # IndexError, negative indices as lists
         seeds = sample_seeds(self._generator if self.random else None, len(indices))
-        out = [self._fetch(index, seed) for index, seed in zip(indices, seeds)]
+        with single_thread():
+            out = [self._fetch(index, seed) for index, seed in zip(indices, seeds)]
         if self.pipeline.augment is not None:  # the light augmentation of train_augment=True
             batch = self.pipeline.augment(torch.stack([x for x, _ in out]), self._generator)
             out = [(x, label) for x, (_, label) in zip(batch.unbind(0), out)]
