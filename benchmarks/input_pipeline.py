@@ -10,6 +10,11 @@
 
     python benchmarks/input_pipeline.py                       # 100k files
     python benchmarks/input_pipeline.py --files 20000 --json out.json
+
+Measured once (2 CPU cores shared with other jobs, load average 6-10, so rates are low and noisy;
+``--files 100000 --photos 256 --batch 64``): the 100k-file train split was built in 0.8 s, peak RSS
+936.9 MB before (importing torch and timm) and 968.4 MB after; timm's training transform at 224 px
+ran at 42.3 images/s with 0 workers and 67.3 images/s with 2; a deit_tiny step took 6.1 images/s.
 """
 
 from __future__ import annotations
