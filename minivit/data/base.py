@@ -8,7 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from minivit.data.pipeline import DEFAULT_MEAN, DEFAULT_STD, ImagePipeline, ImgSize, LightAugment
+from minivit.data.config import DataConfig, legacy_data_config
+from minivit.data.pipeline import ImagePipeline, ImgSize, LightAugment
+from minivit.data.transforms import isolated_rng
 from minivit.errors import DataError
 
 Sample = tuple[torch.Tensor, int]
@@ -61,23 +63,34 @@ class ImageDataset(Dataset):
     """Common interface of every dataset built by :func:`minivit.data.build_dataset`.
 
     Samples are ``(image, label)`` with ``image`` a float32 tensor ``[in_chans, H, W]``
-    normalised by :attr:`mean`/:attr:`std`, and ``label`` an int in ``[0, num_classes)``.
-    Subclasses implement :meth:`__len__` and :meth:`__getitems__` (batched fetching, used by
-    ``DataLoader``); ``__getitem__`` fetches a batch of one.
+    preprocessed as :attr:`data_config` says (normalised by :attr:`mean`/:attr:`std`), and
+    ``label`` an int in ``[0, num_classes)``. Subclasses implement :meth:`__len__`,
+    :meth:`__getitems__` (batched fetching, used by ``DataLoader``) and :meth:`sample_id`;
+    ``__getitem__`` fetches a batch of one.
+
+    Without ``data_config`` the preprocessing is :func:`~minivit.data.config.legacy_data_config`
+    of ``img_size`` and ``in_chans`` (squash, bilinear, mean 0.5 / std 0.5).
     """
 
     def __init__(
         self,
         classes: Sequence[str],
         *,
-        img_size: ImgSize,
-        in_chans: int,
+        img_size: ImgSize | None = None,
+        in_chans: int | None = None,
         augment: LightAugment | None = None,
         name: str = "",
+        data_config: DataConfig | None = None,
+        erasing=None,
     ):
         self.classes: list[str] = list(classes)
         self.name = name
-        self.pipeline = ImagePipeline(img_size, in_chans, DEFAULT_MEAN, DEFAULT_STD, augment)
+        if data_config is None:
+            data_config = legacy_data_config(img_size, in_chans)
+        elif (img_size, in_chans) != (None, None):
+            raise DataError("give either data_config or img_size and in_chans, not both")
+        self.data_config = data_config
+        self.pipeline = ImagePipeline.from_config(data_config, augment, erasing)
         self._generator: torch.Generator | None = None
 
     @property
@@ -125,6 +138,10 @@ class ImageDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
         raise NotImplementedError
 
+    def sample_id(self, index: int) -> str:
+        """How a predictions file names sample ``index`` (a file path, or ``<split>/<index>``)."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.name!r}, samples={len(self)}, classes={self.num_classes}, "
@@ -139,10 +156,14 @@ class TensorImageDataset(ImageDataset):
         images: ``uint8`` tensor ``[N, H, W]`` (grey) or ``[N, C, H, W]``.
         labels: integer labels ``[N]`` in ``[0, len(classes))``.
         classes: class names.
-        img_size, in_chans: the model's input size and channels.
+        img_size, in_chans: the model's input size and channels (or give ``data_config``).
         augment: optional training augmentation.
         limit: keep only this many samples (see :func:`stratified_first_n`).
         name: a short name for messages and ``repr``.
+        data_config: the model's preprocessing (see :class:`~minivit.data.config.DataConfig`).
+        erasing: optional random erasing of normalised batches (see
+            :func:`~minivit.data.transforms.random_erasing`).
+        split: the split's name, used by :meth:`sample_id`.
     """
 
     def __init__(
@@ -151,17 +172,23 @@ class TensorImageDataset(ImageDataset):
         labels: torch.Tensor,
         classes: Sequence[str],
         *,
-        img_size: ImgSize,
-        in_chans: int,
+        img_size: ImgSize | None = None,
+        in_chans: int | None = None,
         augment: LightAugment | None = None,
         limit: int | None = None,
         name: str = "tensor",
+        data_config: DataConfig | None = None,
+        erasing=None,
+        split: str = "",
     ):
-        super().__init__(classes, img_size=img_size, in_chans=in_chans, augment=augment, name=name)
+        super().__init__(
+            classes, img_size=img_size, in_chans=in_chans, augment=augment, name=name,
+            data_config=data_config, erasing=erasing,
+        )  # fmt: skip
+        self.split = split
         if images.dtype != torch.uint8 or images.ndim not in (3, 4):
             raise DataError(
-                "images must be a uint8 tensor [N, H, W] or [N, C, H, W], "
-                f"got {images.dtype} {tuple(images.shape)}"
+                f"images must be a uint8 tensor [N, H, W] or [N, C, H, W], got {images.dtype} {tuple(images.shape)}"
             )
         if images.ndim == 3:
             images = images.unsqueeze(1)
@@ -169,9 +196,7 @@ class TensorImageDataset(ImageDataset):
         if labels.shape != (images.shape[0],):
             raise DataError(f"{images.shape[0]} images but labels have shape {tuple(labels.shape)}")
         if len(labels) and (labels.min() < 0 or labels.max() >= len(self.classes)):
-            raise DataError(
-                f"labels must lie in [0, {len(self.classes)}), found {labels.min()}..{labels.max()}"
-            )
+            raise DataError(f"labels must lie in [0, {len(self.classes)}), found {labels.min()}..{labels.max()}")
         # Fail at construction, not in the first batch, when channels cannot be converted.
         if len(images):
             self.pipeline(images[:1])
@@ -180,6 +205,8 @@ class TensorImageDataset(ImageDataset):
             images, labels = images[keep], labels[keep]
         self.images = images
         self.labels = labels
+        self.source_index = keep
+        """Index of every sample in the full split (before ``limit``)."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -190,5 +217,13 @@ class TensorImageDataset(ImageDataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
         index = torch.as_tensor(indices, dtype=torch.int64)
-        batch = self.pipeline(self.images[index], self._generator)
+        if self.pipeline.erasing is not None and self._generator is not None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=self._generator))
+            with isolated_rng(seed):  # random erasing draws from Python's random
+                batch = self.pipeline(self.images[index], self._generator)
+        else:
+            batch = self.pipeline(self.images[index], self._generator)
         return list(zip(batch.unbind(0), self.labels[index].tolist()))
+
+    def sample_id(self, index: int) -> str:
+        return f"{self.split or 'sample'}/{int(self.source_index[index])}"

@@ -13,9 +13,11 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from minivit.data import fashion_mnist as fmnist
 from minivit.data.base import ImageDataset, normalize_split
+from minivit.data.config import AugmentConfig, DataConfig
 from minivit.data.digits import load_digits
 from minivit.data.folder import LAYOUT_HINT, ImageFolderDataset
 from minivit.data.pipeline import ImgSize
+from minivit.data.scan import os_error
 from minivit.errors import DataError
 
 BUILTIN_DATASETS = ("fashion-mnist", "digits")
@@ -47,6 +49,13 @@ def _resolve(data: str | os.PathLike) -> tuple[str, Path | None]:
     if key in _ALIASES and not is_pathlike:
         return _ALIASES[key], None
     folder = Path(text).expanduser()
+    try:
+        return _resolve_folder(folder, text)
+    except OSError as err:  # a name too long, a folder that cannot be read, ...
+        raise os_error(err, text) from None
+
+
+def _resolve_folder(folder: Path, text: str) -> tuple[str, Path | None]:
     if folder.is_dir():
         if fmnist.has_fashion_mnist(folder):
             return "fashion-mnist", folder
@@ -64,17 +73,33 @@ def _resolve(data: str | os.PathLike) -> tuple[str, Path | None]:
     )
 
 
+def dataset_kind(data: str | os.PathLike) -> str:
+    """What ``data`` names: "fashion-mnist", "digits" or "folder" (raises :class:`DataError` if nothing).
+
+    Feed it to :func:`~minivit.data.config.default_data_config` for a model trained from scratch.
+    """
+    return _resolve(data)[0]
+
+
 def build_dataset(
     data: str | os.PathLike,
     split: str,
-    img_size: ImgSize,
-    in_chans: int,
+    img_size: ImgSize | None = None,
+    in_chans: int | None = None,
     train_augment: bool = False,
     *,
     limit: int | None = None,
     download: bool = True,
+    data_config: DataConfig | None = None,
+    augment: AugmentConfig | None = None,
+    verify: bool | None = None,
 ) -> ImageDataset:
-    """Build one split of a dataset, converted to the model's input size and channels.
+    """Build one split of a dataset, preprocessed for the model.
+
+    Give either the model's data config (``data_config``, from
+    :func:`~minivit.data.config.resolve_data_config`; timm's transforms for folders, the same
+    resize/crop/normalisation batch-wise for the built-in sets) or ``img_size`` and ``in_chans``
+    (squash to that size, mean 0.5 / std 0.5).
 
     Args:
         data: "fashion-mnist", "digits", a folder holding the four Fashion-MNIST ``.gz`` files,
@@ -87,10 +112,15 @@ def build_dataset(
             folders; digits are never augmented.
         limit: keep at most this many samples, class-balanced and deterministic.
         download: allow downloading Fashion-MNIST when it is not found locally.
+        data_config: the model's preprocessing (replaces ``img_size`` and ``in_chans``).
+        augment: training augmentation (timm's for folders, the light one plus random erasing
+            for Fashion-MNIST; digits are never augmented). Give it for the train split only.
+        verify: for folders, whether to test-decode every file now (see
+            :class:`~minivit.data.folder.ImageFolderDataset`).
 
     Returns:
         An :class:`~minivit.data.base.ImageDataset` of ``(float32 [in_chans, H, W], int)``
-        samples normalised with mean 0.5 and std 0.5 per channel (``dataset.mean``,
+        samples (``dataset.data_config`` says how they were made; ``dataset.mean``,
         ``dataset.std``), with ``.classes`` and ``.num_classes``.
 
     Raises:
@@ -98,19 +128,17 @@ def build_dataset(
     """
     split = normalize_split(split)
     kind, folder = _resolve(data)
+    common: dict[str, Any] = {"limit": limit, "data_config": data_config}
     if kind == "fashion-mnist":
         return fmnist.load_fashion_mnist(
-            split,
-            img_size,
-            in_chans,
-            train_augment=train_augment,
-            limit=limit,
-            root=folder,
-            download=download,
-        )
+            split, img_size, in_chans, train_augment=train_augment, root=folder, download=download,
+            augment=augment, **common,
+        )  # fmt: skip
     if kind == "digits":
-        return load_digits(split, img_size, in_chans, limit=limit)
-    return ImageFolderDataset(folder, split, img_size, in_chans, train_augment=train_augment, limit=limit)
+        return load_digits(split, img_size, in_chans, **common)
+    return ImageFolderDataset(
+        folder, split, img_size, in_chans, train_augment=train_augment, augment=augment, verify=verify, **common
+    )
 
 
 @dataclass(frozen=True)
@@ -126,6 +154,8 @@ class DataInfo:
     std: tuple[float, ...]
     train_size: int
     val_size: int
+    data_config: DataConfig | None = None
+    """The preprocessing both loaders apply (record it in a saved model: ``apply_data_config``)."""
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -151,9 +181,9 @@ def _split_limit(limit: Limit) -> tuple[int | None, int | None]:
 
 def build_loaders(
     data: str | os.PathLike,
-    img_size: ImgSize,
-    in_chans: int,
-    batch_size: int,
+    img_size: ImgSize | None = None,
+    in_chans: int | None = None,
+    batch_size: int = 64,
     num_workers: int = 0,
     seed: int = 0,
     *,
@@ -163,22 +193,27 @@ def build_loaders(
     drop_last: bool = False,
     pin_memory: bool = False,
     val_batch_size: int | None = None,
+    data_config: DataConfig | None = None,
+    augment: AugmentConfig | None = None,
+    verify: bool | None = None,
 ) -> tuple[DataLoader, DataLoader, DataInfo]:
     """Train and val loaders plus a :class:`DataInfo` summary.
 
     The train loader shuffles with a generator seeded by ``seed``, so the order of batches is
     the same in every run; augmentation is seeded from it too (per worker when ``num_workers``
     is positive). ``limit`` is one cap for both splits or a ``(train, val)`` pair (``None`` for
-    no cap). Other arguments are as in :func:`build_dataset` and :class:`torch.utils.data.DataLoader`.
+    no cap). ``augment`` applies to the train split only. Other arguments are as in
+    :func:`build_dataset` and :class:`torch.utils.data.DataLoader`.
     """
     for what, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise DataError(f"{what} must be an int >= {low}, got {value!r}")
     train_limit, val_limit = _split_limit(limit)
+    common: dict[str, Any] = {"download": download, "data_config": data_config, "verify": verify}
     train = build_dataset(
-        data, "train", img_size, in_chans, train_augment, limit=train_limit, download=download
+        data, "train", img_size, in_chans, train_augment, limit=train_limit, augment=augment, **common
     )
-    val = build_dataset(data, "val", img_size, in_chans, limit=val_limit, download=download)
+    val = build_dataset(data, "val", img_size, in_chans, limit=val_limit, **common)
     if train.classes != val.classes:  # cannot happen with the built-in loaders; guards custom ones
         raise DataError(f"train and val of '{data}' have different classes")
     train.set_augment_seed(seed)
@@ -207,6 +242,7 @@ def build_loaders(
         std=train.std,
         train_size=len(train),
         val_size=len(val),
+        data_config=train.data_config,
     )
     return train_loader, val_loader, info
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from minivit.data.base import TensorImageDataset, normalize_split
+from minivit.data.config import DataConfig
 from minivit.data.pipeline import ImgSize
 
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
@@ -49,10 +50,17 @@ def load_digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_digits(
-    split: str, img_size: ImgSize, in_chans: int, *, train_augment: bool = False, limit: int | None = None
+    split: str,
+    img_size: ImgSize | None = None,
+    in_chans: int | None = None,
+    *,
+    train_augment: bool = False,
+    limit: int | None = None,
+    data_config: DataConfig | None = None,
 ) -> TensorImageDataset:
     """The digits as a :class:`TensorImageDataset`. ``train_augment`` is accepted and ignored."""
     images, labels = load_digits_tensors(split)
     return TensorImageDataset(
-        images, labels, DIGITS_CLASSES, img_size=img_size, in_chans=in_chans, limit=limit, name="digits"
-    )
+        images, labels, DIGITS_CLASSES, img_size=img_size, in_chans=in_chans, limit=limit, name="digits",
+        data_config=data_config, split=normalize_split(split),
+    )  # fmt: skip
