@@ -48,9 +48,9 @@ from minivit.analysis.grad_norms import GradNormLogger, plot_grad_norms
 from minivit.analysis.plots import plot_lines, plot_scatter_labelled
 from minivit.data import build_dataset
 from minivit.distill.objective import DistillationObjective, SupervisedObjective
+from minivit.measure import count_parameters, latency_ms, size_mb
 from minivit.models.vision_transformer import MultiplexedVisionTransformer
 from minivit.train.engine import TrainConfig, evaluate, fit
-from minivit.train.measure import count_parameters, latency_ms, size_mb
 
 ROWS = [
     "teacher",

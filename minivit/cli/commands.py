@@ -22,10 +22,10 @@ from torch import nn
 
 from ..checkpoint import build_from_config, from_pretrained, model_config, save_pretrained
 from ..errors import CheckpointError, ConfigError, MinivitError
+from ..measure import count_parameters, latency_ms, size_mb
 from ..models.registry import create_model
 from ..train.data import WithTeacherLogits
 from ..train.engine import TrainConfig, evaluate, fit, processes, say
-from ..train.measure import count_parameters, latency_ms, size_mb
 from ..train.state import LAST, atomic_write, load_checkpoint
 
 DISTILL_TERMS = ("logits", "attn", "hidden")

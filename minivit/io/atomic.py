@@ -56,6 +56,8 @@ _ERRNO_CAUSES = {
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
     errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a folder on its path is a file",
+    errno.EISDIR: "it is a folder",
 }
 
 
