@@ -170,3 +170,26 @@ def test_read_only_file_system(tiny_disk):
     with pytest.raises(WriteError, match="read-only file system; the previous version is intact"):
         atomic_write(tiny_disk / "report.json", "{new}")
     assert (tiny_disk / "report.json").read_text() == "{}"
+
+
+def tiny_model():
+    import minivit
+
+    torch.manual_seed(0)
+    return minivit.create_model("vit_small_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=64,
+                                num_heads=2, num_classes=10).eval()  # fmt: skip  (about 0.4 MB of weights)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_full_disk_during_exports_is_one_line_and_leaves_nothing(tiny_disk):
+    from minivit.export import export_onnx, export_safetensors, export_torchscript
+
+    model = tiny_model()
+    with pytest.raises(WriteError, match=r"model\.pt: no space left on the device \(free some space"):
+        export_torchscript(model, tiny_disk / "model.pt")
+    with pytest.raises(WriteError, match=r"model\.onnx: no space left on the device \(free some space"):
+        export_onnx(model, tiny_disk / "model.onnx", exporter="torchscript")
+    with pytest.raises(MinivitError, match="no space left on the device") as info:
+        export_safetensors(model, tiny_disk / "model")
+    assert "\n" not in str(info.value)
+    assert list(tiny_disk.iterdir()) == []

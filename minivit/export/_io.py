@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, MinivitError
-from ..io.atomic import commit, staging
+from ..io.atomic import WRITE_HINT, commit, failure_cause, staging, write_failure
 from ..measure import normalize_input_size, to_mb
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -99,6 +99,16 @@ def first_line(e: BaseException) -> str:
     """``Type: first line of the message`` (at most 300 characters), for one-line error reports."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def raise_if_disk_failure(e: BaseException, target: Path) -> None:
+    """Raise :func:`minivit.io.write_failure` when ``e`` is a full disk / permission / read-only problem.
+
+    Exporters call it before treating an exception as the exporter's own failure (a fallback would
+    only hit the same disk again).
+    """
+    if failure_cause(e, target.parent) in WRITE_HINT:
+        raise write_failure(e, target) from None
 
 
 @dataclass

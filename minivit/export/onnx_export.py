@@ -28,7 +28,17 @@ from torch import nn
 
 from ..errors import ConfigError, MinivitError
 from ..measure import tensor_bytes
-from ._io import EXPORTERS, ExportJob, eval_mode, export_job, first_line, flat_outputs, quiet, random_input
+from ._io import (
+    EXPORTERS,
+    ExportJob,
+    eval_mode,
+    export_job,
+    first_line,
+    flat_outputs,
+    quiet,
+    raise_if_disk_failure,
+    random_input,
+)
 from .onnx_graph import default_opset, share_weights, weight_stats
 
 INPUT_NAME = "input"
@@ -190,6 +200,7 @@ def _first_that_shares(job: ExportJob, order: list[str], **kw) -> tuple[dict[str
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - exporters raise anything; we report and fall back
+            raise_if_disk_failure(e, job.target)
             failures.append(f"{name}: {first_line(e)}")
             continue
         candidates.append(result)
@@ -314,6 +325,7 @@ def export_onnx_int8(
         try:
             stats = quantize_onnx_file(fp32["path"], staged, per_channel=per_channel)
         except Exception as e:  # noqa: BLE001 - the quantiser raises many types
+            raise_if_disk_failure(e, job.target)
             raise MinivitError(f"onnxruntime int8 quantisation failed: {first_line(e)}", "export fp32 ONNX") from None
         result: dict[str, Any] = {k: v for k, v in fp32.items() if k not in ("max_abs_diff", "max_abs_ref", "batches")}
         result.update(stats)

@@ -8,6 +8,7 @@ trace too, which makes TorchScript the PyTorch-native way to ship them.
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import MinivitError
+from ..io.atomic import write_failure
 from ._io import ExportJob, export_job, flat_outputs, quiet, random_input
 
 
@@ -55,12 +57,18 @@ def export_torchscript(
         try:
             with quiet():
                 traced = torch.jit.trace(job.model, x, check_trace=False)
-                torch.jit.save(traced, str(staged))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - tracing raises anything the model's code raises
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise MinivitError(f"TorchScript tracing failed: {msg}", "try --format onnx") from None
+        buffer = io.BytesIO()  # torch.jit.save to a file aborts the process (C++ terminate) on a full disk
+        torch.jit.save(traced, buffer)
+        try:
+            staged.write_bytes(buffer.getbuffer())
+        except OSError as e:
+            raise write_failure(e, job.target) from None
+        del buffer
         if verify:
             result.update(_verify(staged, job, x.device))
             job.check(result["max_abs_diff"], result["max_abs_ref"], tolerance, "the traced model",

@@ -2,6 +2,7 @@
 
 from .atomic import (
     TEMP_PREFIX,
+    WRITE_HINT,
     atomic_folder,
     atomic_write,
     clean_stale,
@@ -13,6 +14,7 @@ from .atomic import (
 
 __all__ = [
     "TEMP_PREFIX",
+    "WRITE_HINT",
     "atomic_folder",
     "atomic_write",
     "clean_stale",
