@@ -49,8 +49,8 @@ from minivit.analysis.plots import plot_lines, plot_scatter_labelled
 from minivit.data import build_dataset
 from minivit.distill.objective import DistillationObjective, SupervisedObjective
 from minivit.families import MultiplexedVisionTransformer
+from minivit.measure import count_parameters, latency_ms, size_mb
 from minivit.train.engine import TrainConfig, evaluate, fit
-from minivit.train.measure import count_parameters, latency_ms, size_mb
 
 ROWS = [
     "teacher",

@@ -19,7 +19,12 @@ measures the top-1 drop of int8 on the Fashion-MNIST test set, with torch.ao int
 onnxruntime int8 file; ``--quick-train N`` first trains a small Mini-DeiT on Fashion-MNIST for N epochs
 (CPU, a few minutes) to have such a folder.
 
-    .venv/bin/python benchmarks/export_sizes.py [--json out.json] [--model-dir DIR | --quick-train 1]
+``--tools`` instead compares, on share-12 students of a 12-layer DeiT-S-shaped ViT (widths 192 and 48,
+32x32 input), what each ONNX tool does to the file: the raw export of each exporter, onnxscript's
+optimiser (default and unlimited folding sizes), onnxruntime's offline graph optimisation, the onnx_ir
+passes alone, and :func:`minivit.export.share_weights` (the figures in ``minivit/export/onnx_graph.py``).
+
+    .venv/bin/python benchmarks/export_sizes.py [--json out.json] [--model-dir DIR | --quick-train 1] [--tools]
 """
 
 from __future__ import annotations
@@ -39,10 +44,13 @@ from minivit.export import (
     export_onnx,
     quantize_dynamic_int8,
     quantize_onnx_file,
+    share_weights,
     size_report,
     state_dict_bytes,
     verify_onnx,
+    weight_stats,
 )
+from minivit.measure import count_parameters, infer_input_size, tensor_bytes, to_mb
 
 SHARED_FMNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
 
@@ -85,7 +93,7 @@ def onnx_sizes(workdir: Path) -> tuple[list[dict], dict]:
             {
                 "model": name,
                 "teacher": teacher,
-                "params": minivit.core.unique_parameter_count(model),
+                "params": count_parameters(model),
                 "exporter": info["exporter"],
                 "opset": info["opset"],
                 "onnx_bytes": info["bytes"],
@@ -198,7 +206,7 @@ def quick_train(data: str, epochs: int, out: Path) -> Path:
 
 
 def int8_accuracy(model_dir: Path, data: str, workdir: Path, index: int = 0) -> dict:
-    from minivit.export import infer_input_size, run_export
+    from minivit.export import run_export
 
     model = minivit.from_pretrained(model_dir)
     _, c, h, w = infer_input_size(model)
@@ -209,7 +217,7 @@ def int8_accuracy(model_dir: Path, data: str, workdir: Path, index: int = 0) -> 
     int8_onnx = run_export(model_dir, "onnx", stem.with_suffix(".int8.onnx"), int8=True)
     res = {
         "model_dir": str(model_dir),
-        "params": minivit.core.unique_parameter_count(model),
+        "params": count_parameters(model),
         "top1_fp32": top1(model, loader),
         "top1_int8_torch": top1(q, loader),
         "top1_fp32_onnx": top1_onnx(Path(fp32_onnx["path"]), loader),
@@ -240,6 +248,88 @@ def print_accuracy_header() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
 
 
+def _tool_passes(proto, which: str):
+    """``proto`` after one tool (a copy); ``which`` names the row of the comparison."""
+    import copy
+
+    import onnx_ir as ir
+    import onnxscript.optimizer as oo
+    from onnx_ir.passes.common import (
+        ClearMetadataAndDocStringPass,
+        DeduplicateInitializersPass,
+        IdentityEliminationPass,
+        RemoveUnusedNodesPass,
+    )
+
+    proto = copy.deepcopy(proto)
+    if which == "onnxscript.optimizer.optimize":
+        return oo.optimize(proto)
+    if which == "  ... with size limits lifted":
+        return oo.optimize(proto, input_size_limit=1 << 40, output_size_limit=1 << 40)
+    if which == "onnx_ir dedup + identity + clear":
+        model = ir.serde.deserialize_model(proto)
+        for p in (IdentityEliminationPass(), DeduplicateInitializersPass(1 << 40), RemoveUnusedNodesPass(),
+                  ClearMetadataAndDocStringPass()):  # fmt: skip
+            p(model)
+        return ir.serde.serialize_model(model)
+    if which == "share_weights":
+        share_weights(proto)
+    return proto
+
+
+def _ort_optimized(path: Path):
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(path.with_suffix(".ort.onnx"))
+    so.log_severity_level = 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return onnx.load(so.optimized_model_filepath)
+
+
+TOOL_ROWS = ("raw export", "onnxscript.optimizer.optimize", "  ... with size limits lifted",
+             "onnxruntime graph optimisation", "onnx_ir dedup + identity + clear", "share_weights")  # fmt: skip
+
+
+def tool_sizes(workdir: Path, widths=(192, 48)) -> list[dict]:
+    """File size (MB) after each ONNX tool, for each exporter and width (see the module doc)."""
+    import contextlib
+    import io
+    import warnings
+
+    import onnx
+
+    exporters = {"dynamo": dict(dynamo=True), "dynamo (no opt)": dict(dynamo=True, optimize=False),
+                 "torchscript": dict(dynamo=False, do_constant_folding=True)}  # fmt: skip
+    rows = []
+    for width in widths:
+        teacher = noisy(minivit.create_model("vit_small_patch16_224", img_size=32, patch_size=8, depth=12,
+                                             embed_dim=width, num_heads=3, num_classes=10), 6)  # fmt: skip
+        student = noisy(minivit.multiplex(teacher, share=12), 7)
+        x = torch.randn(infer_input_size(student))
+        for name, kw in exporters.items():
+            path = workdir / f"tools-{width}-{name.split()[0]}-{len(kw)}.onnx"
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(student, (x,), str(path), input_names=["input"], output_names=["logits"], **kw)
+            raw = onnx.load(str(path))
+            row = {"width": width, "exporter": name, "model_mb": to_mb(tensor_bytes(student, persistent_only=False))}
+            for which in TOOL_ROWS:
+                proto = _ort_optimized(path) if which.startswith("onnxruntime") else _tool_passes(raw, which)
+                row[which] = to_mb(len(proto.SerializeToString()))
+                row[which + " (unique weight MB)"] = to_mb(weight_stats(proto)["unique_initializer_bytes"])
+            rows.append(row)
+    cols = [f"{r['exporter']} w{r['width']}" for r in rows]
+    print("\nONNX file MB (10^6 bytes) after each tool, share-12 student, 12 layers, 32x32 input\n")
+    print("| step | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
+    print("| model's own tensors | " + " | ".join(f"{r['model_mb']:.3f}" for r in rows) + " |")
+    for which in TOOL_ROWS:
+        print(f"| {which.strip()} | " + " | ".join(f"{r[which]:.3f}" for r in rows) + " |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -248,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick-train", type=int, metavar="EPOCHS", help="train a small Mini-DeiT first (CPU)")
     p.add_argument("--data", default=str(SHARED_FMNIST) if SHARED_FMNIST.is_dir() else "fashion-mnist")
     p.add_argument("--skip-sizes", action="store_true", help="only the accuracy part")
+    p.add_argument("--tools", action="store_true", help="only the ONNX tool comparison (small models)")
     p.add_argument("--json", type=Path, help="also write all figures to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
@@ -255,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="minivit-export-") as tmp:
         work = Path(tmp)
-        if not args.skip_sizes:
+        if args.tools:
+            out["onnx_tools"] = tool_sizes(work)
+        elif not args.skip_sizes:
             rows, chains = onnx_sizes(work)
             print_sizes(rows, chains)
             out.update(onnx=rows, state_dict_chain=chains)
@@ -263,8 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick_train:
             model_dirs.append(quick_train(args.data, args.quick_train, work / "quick-mini-deit"))
         if not model_dirs:
-            print("\nint8 accuracy on Fashion-MNIST: skipped (pass --model-dir DIR with a trained model folder, "
-                  "or --quick-train 1)")
+            if not args.tools:
+                print("\nint8 accuracy on Fashion-MNIST: skipped (pass --model-dir DIR with a trained model folder, "
+                      "or --quick-train 1)")
         else:
             print_accuracy_header()
             out["fashion_mnist_int8"] = [int8_accuracy(d, args.data, work, i) for i, d in enumerate(model_dirs)]

@@ -25,3 +25,7 @@ class CheckpointError(MinivitError):
 
 class DataError(MinivitError):
     """A dataset that is missing, empty or unreadable."""
+
+
+class WriteError(MinivitError):
+    """A file that could not be written: no space left, no permission, a read-only file system."""

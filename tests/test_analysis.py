@@ -81,3 +81,27 @@ def test_train_compress_report_analyze_export_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "metrics.jsonl not found" in capsys.readouterr().err
+
+
+def test_the_package_exports_its_public_names():
+    import minivit.analysis as analysis
+    from minivit.analysis import GradNormLogger, MinibatchCKA, analyze, layer_cka, linear_cka, model_row, write_report
+
+    assert layer_cka is analysis.compare.layer_cka and linear_cka is analysis.cka.linear_cka
+    assert all(callable(f) for f in (GradNormLogger, MinibatchCKA, analyze, model_row, write_report))
+    assert set(analysis.__all__) <= set(dir(analysis))
+    for name in analysis.__all__:
+        assert getattr(analysis, name) is not None
+    x = torch.randn(16, 8, dtype=torch.float64)
+    assert abs(linear_cka(x, 2 * x) - 1.0) < 1e-12
+
+
+def test_model_row_uses_one_unit_and_counts_shared_weights_once():
+    from minivit.analysis import model_row
+    from minivit.measure import MB, count_parameters, tensor_bytes
+
+    student = minivit.multiplex(tiny_teacher(), share=4)
+    row = model_row("s", student, (1, 3, 16, 16), latency_runs=1)
+    assert row["params"] == count_parameters(student) < count_parameters(tiny_teacher())
+    assert row["size_mb"] == round(tensor_bytes(student) / MB, 3) and MB == 10**6
+    assert row["gflops"] > 0 and row["latency_ms"] > 0

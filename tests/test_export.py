@@ -14,11 +14,9 @@ import minivit
 from minivit.errors import CheckpointError, ConfigError, MinivitError
 from minivit.export import (
     add_export_arguments,
-    count_parameters,
     export_from_args,
     export_onnx,
     export_torchscript,
-    infer_input_size,
     quantize_dynamic_int8,
     run_export,
     share_weights,
@@ -26,6 +24,7 @@ from minivit.export import (
     state_dict_bytes,
     weight_stats,
 )
+from minivit.measure import count_parameters, infer_input_size
 
 DEPTH, WIDTH, HEADS = 8, 64, 4
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..distill.hooks import FeatureCapture, num_layers
-from ..train.measure import count_parameters, latency_ms, size_mb
+from ..io.atomic import atomic_write
+from ..measure import count_parameters, flops, latency_ms, size_mb
 from .cka import MinibatchCKA
 from .plots import plot_heatmap, plot_lines
 
@@ -58,29 +58,19 @@ def layer_cka(model_a: nn.Module, model_b: nn.Module, batches, max_batches: int 
     return cka.compute()
 
 
-def flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Floating-point operations of one forward pass (``torch.utils.flop_counter``; a multiply-add is 2)."""
-    param = next(model.parameters())
-    x = torch.zeros(*input_shape, device=param.device, dtype=param.dtype)
-    was = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    model.train(was)
-    return int(counter.get_total_flops())
-
-
 def model_row(name: str, model: nn.Module, input_shape: tuple[int, ...], latency_runs: int = 20) -> dict:
+    """``name``, ``params``, ``size_mb`` (10^6 bytes), ``gflops`` and ``latency_ms`` (:mod:`minivit.measure`)."""
     return {
         "name": name,
         "params": count_parameters(model),
-        "size_mb": round(size_mb(model), 3),
+        "size_mb": size_mb(model),
         "gflops": round(flops(model, input_shape) / 1e9, 4),
         "latency_ms": round(latency_ms(model, input_shape, runs=latency_runs), 3),
     }
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """``rows`` as a markdown table (integers with thousands separators); ``columns``: default the first row's keys."""
     columns = columns or list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
@@ -108,10 +98,16 @@ def analyze(
     lt, ls = matrix.shape
     written = [
         plot_heatmap(
-            matrix, f"Linear CKA between layers: {names[0]} vs {names[1]}", f"{names[1]} layer",
-            f"{names[0]} layer", out / "cka_heatmap.png",
-            xticklabels=[str(i + 1) for i in range(ls)], yticklabels=[str(i + 1) for i in range(lt)],
-            colorbar_label="linear CKA", vmin=0.0, vmax=1.0,
+            matrix,
+            f"Linear CKA between layers: {names[0]} vs {names[1]}",
+            f"{names[1]} layer",
+            f"{names[0]} layer",
+            out / "cka_heatmap.png",
+            xticklabels=[str(i + 1) for i in range(ls)],
+            yticklabels=[str(i + 1) for i in range(lt)],
+            colorbar_label="linear CKA",
+            vmin=0.0,
+            vmax=1.0,
         )
     ]
     # aligned layers: same index when depths agree, else student layer j vs teacher at the same relative depth
@@ -119,8 +115,11 @@ def analyze(
     written.append(
         plot_lines(
             {f"{names[1]} vs {names[0]}": (list(range(1, ls + 1)), aligned)},
-            "Linear CKA per layer (same relative depth)", f"{names[1]} layer", "linear CKA",
-            out / "cka_per_layer.png", ylim=(0.0, 1.05),
+            "Linear CKA per layer (same relative depth)",
+            f"{names[1]} layer",
+            "linear CKA",
+            out / "cka_per_layer.png",
+            ylim=(0.0, 1.05),
         )
     )
     rows = [model_row(names[0], teacher, input_shape), model_row(names[1], student, input_shape)]
@@ -128,7 +127,10 @@ def analyze(
         r["params_ratio"] = round(r["params"] / rows[0]["params"], 4)
         r["latency_ratio"] = round(r["latency_ms"] / rows[0]["latency_ms"], 3)
     summary = {
-        "table": rows, "cka_per_layer": aligned, "cka_matrix": matrix.tolist(), "plots": [p.name for p in written],
+        "table": rows,
+        "cka_per_layer": aligned,
+        "cka_matrix": matrix.tolist(),
+        "plots": [p.name for p in written],
     }
     md = [
         f"# {names[1]} vs {names[0]}",
@@ -144,6 +146,6 @@ def analyze(
         "![CKA heatmap](cka_heatmap.png)",
         "",
     ]
-    (out / "analysis.md").write_text("\n".join(md))
-    (out / "analysis.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(out / "analysis.md", "\n".join(md))
+    atomic_write(out / "analysis.json", json.dumps(summary, indent=2) + "\n")
     return summary

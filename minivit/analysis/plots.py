@@ -1,8 +1,8 @@
 """Small matplotlib helpers for analysis reports (per-layer curves, CKA matrices, trade-offs).
 
 Every helper draws one figure with a title and axis labels (and a legend when there are several
-series), lays it out tightly, writes it as a PNG atomically (temporary file in the same folder,
-then ``os.replace``, so a reader never sees a half-written image) and returns the path.
+series), lays it out tightly, writes it as a PNG with :func:`minivit.io.atomic_write` (a reader never sees a
+half-written image) and returns the path.
 
 Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas directly rather than
 through ``pyplot``: no display is needed, nothing is registered in pyplot's global figure list
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 
 from minivit.errors import MinivitError
+from minivit.io.atomic import atomic_write
 
 __all__ = ["plot_lines", "plot_heatmap", "plot_scatter_labelled"]
 
@@ -42,26 +42,12 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
 
 def _save(fig: Figure, path: str | os.PathLike, *, layout: bool = True) -> Path:
     """Tight layout, then write ``fig`` as a PNG to ``path`` atomically; always release the figure."""
-    out = Path(path)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         if layout:
             fig.tight_layout()
-        # A unique sibling name, created with the usual permissions (umask applies, unlike mkstemp's
-        # 0600), then renamed over the target: readers see the old file or the new one, never half.
-        tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format="png", dpi=DPI)
-            os.replace(tmp, out)
-        except BaseException:
-            if tmp.exists():
-                tmp.unlink()
-            raise
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
     finally:
         fig.clear()
-    return out
 
 
 def _as_1d(values: Any, what: str) -> np.ndarray:
@@ -222,9 +208,7 @@ def _place_labels(fig: Figure, ax, xs: np.ndarray, ys: np.ndarray, labels: list[
     to_px = ax.transData.transform
     marker_r = 4.0 * fig.dpi / 72.0
     points = [to_px((x, y)) for x, y in zip(xs, ys)]
-    point_boxes = [
-        Bbox.from_extents(px - marker_r, py - marker_r, px + marker_r, py + marker_r) for px, py in points
-    ]
+    point_boxes = [Bbox.from_extents(px - marker_r, py - marker_r, px + marker_r, py + marker_r) for px, py in points]
     axes_box = ax.get_window_extent(renderer)
     placed = []
     legend = ax.get_legend()
@@ -233,9 +217,7 @@ def _place_labels(fig: Figure, ax, xs: np.ndarray, ys: np.ndarray, labels: list[
     for idx, (x, y, label) in enumerate(zip(xs, ys, labels)):
         best = None
         for dx, dy, ha, va in _LABEL_SPOTS:
-            text = ax.annotate(
-                label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=8
-            )
+            text = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=8)
             box = text.get_window_extent(renderer)
             clash = sum(_overlap_area(box, other) for other in placed)
             clash += sum(_overlap_area(box, pb) for j, pb in enumerate(point_boxes) if j != idx)

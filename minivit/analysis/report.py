@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import MinivitError
+from ..io.atomic import atomic_write
 from .compare import markdown_table
 from .grad_norms import plot_grad_norms
 from .plots import plot_lines
@@ -53,8 +54,9 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     plots = []
     loss = _numeric_series(rows, loss_keys)
     if loss:
-        plots.append(plot_lines(loss, "Training loss terms per epoch", "epoch", "loss (epoch mean)",
-                                run / "curves_loss.png"))
+        plots.append(
+            plot_lines(loss, "Training loss terms per epoch", "epoch", "loss (epoch mean)", run / "curves_loss.png")
+        )
     top = _numeric_series(rows, top_keys)
     if top:
         plots.append(plot_lines(top, "Validation accuracy per epoch", "epoch", "accuracy (%)", run / "curves_top1.png"))
@@ -75,5 +77,5 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     md += ["## Last epoch", "", markdown_table([{k: last[k] for k in keys if k in last}]), ""]
     md += ["## Curves", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     path = run / "report.md"
-    path.write_text("\n".join(md))
+    atomic_write(path, "\n".join(md))
     return path

@@ -26,10 +26,10 @@ from torch import nn
 from ..distill.config import DistillConfig, as_distill_config
 from ..errors import CheckpointError, ConfigError, MinivitError
 from ..io import build_from_config, from_pretrained, model_config, save_pretrained
+from ..measure import count_parameters, latency_ms, size_mb
 from ..spec import MultiplexSpec, as_spec
 from ..train.data import WithTeacherLogits
 from ..train.engine import TrainConfig, evaluate, fit, processes, say
-from ..train.measure import count_parameters, latency_ms, size_mb
 from ..train.state import LAST, atomic_write, load_checkpoint
 from ..zoo import create_model
 

@@ -88,5 +88,7 @@ def iter_layers(module: nn.Module) -> Iterator[tuple[nn.Module, nn.Module]]:
 
 
 def unique_parameter_count(module: nn.Module) -> int:
-    """Number of distinct parameters (a shared tensor counts once)."""
-    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+    """Number of distinct parameters (a shared tensor counts once): :func:`minivit.measure.count_parameters`."""
+    from ..measure import count_parameters
+
+    return count_parameters(module)

@@ -3,13 +3,15 @@
 The point of weight multiplexing is a smaller deployed model, so the exporters make sure the shared
 weights *stay* shared on disk:
 
-* :func:`export_onnx`: ``torch.onnx.export`` (dynamo, falling back to TorchScript), then a graph
-  post-pass that folds per-call-site weight transposes and merges identical initializers
-  (:mod:`minivit.export.onnx_graph`); a single-layer student's file is several times smaller than its
-  teacher's. Verified in onnxruntime (max abs difference reported), written atomically.
+* :func:`export_onnx`: ``torch.onnx.export`` (dynamo, falling back to TorchScript), then the ONNX
+  tools' own passes (onnx_ir, onnxscript) that fold weight transposes and merge identical
+  initializers (:mod:`minivit.export.onnx_graph`); a single-layer student's file is several times
+  smaller than its teacher's. Verified in onnxruntime (max abs difference reported), written atomically.
 * :func:`export_onnx_int8`: the same graph, dynamically quantised to int8 by onnxruntime.
 * :func:`export_torchscript` (``torch.jit.trace``, reloaded and verified) and
   :func:`export_safetensors` (``minivit.save_pretrained``).
+* :func:`export_job` / :class:`ExportJob`: the validate -> stage -> verify -> commit steps every exporter
+  shares (sizes in MB = 10^6 bytes, :mod:`minivit.measure`).
 * :func:`quantize_dynamic_int8`: ``torch.ao`` dynamic int8 Linear layers, each shared Linear once;
   :func:`size_report`: teacher -> student -> int8 sizes and ratios.
 * :func:`run_export` / :func:`add_export_arguments` / :func:`export_from_args`: the ``minivit export``
@@ -33,22 +35,20 @@ need ``onnx`` / ``onnxruntime`` installed; only the ONNX exporters do (``pip ins
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 _NAMES = {
     "EXPORTERS": "._io",
-    "infer_input_size": "._io",
+    "ExportJob": "._io",
+    "export_job": "._io",
     "export_onnx": ".onnx_export",
     "export_onnx_int8": ".onnx_export",
-    "model_tensor_bytes": ".onnx_export",
     "quantize_onnx_file": ".onnx_export",
     "verify_onnx": ".onnx_export",
-    "deduplicate_initializers": ".onnx_graph",
-    "fold_initializer_transposes": ".onnx_graph",
     "share_weights": ".onnx_graph",
     "weight_stats": ".onnx_graph",
-    "count_parameters": ".quantize",
     "quantize_dynamic_int8": ".quantize",
     "size_report": ".quantize",
     "state_dict_bytes": ".quantize",
@@ -58,28 +58,25 @@ _NAMES = {
     "export_from_args": ".run",
     "format_summary": ".run",
     "run_export": ".run",
-    "export_safetensors": ".torchscript",
+    "export_safetensors": ".safetensors",
     "export_torchscript": ".torchscript",
     "is_quantized": ".torchscript",
 }
 
 __all__ = [
     "EXPORTERS",
+    "ExportJob",
     "FORMATS",
     "add_export_arguments",
-    "count_parameters",
-    "deduplicate_initializers",
     "default_output",
     "export_from_args",
+    "export_job",
     "export_onnx",
     "export_onnx_int8",
     "export_safetensors",
     "export_torchscript",
-    "fold_initializer_transposes",
     "format_summary",
-    "infer_input_size",
     "is_quantized",
-    "model_tensor_bytes",
     "quantize_dynamic_int8",
     "quantize_onnx_file",
     "run_export",
@@ -91,22 +88,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ._io import EXPORTERS, infer_input_size
-    from .onnx_export import export_onnx, export_onnx_int8, model_tensor_bytes, quantize_onnx_file, verify_onnx
-    from .onnx_graph import deduplicate_initializers, fold_initializer_transposes, share_weights, weight_stats
-    from .quantize import count_parameters, quantize_dynamic_int8, size_report, state_dict_bytes
+    from ._io import EXPORTERS, ExportJob, export_job
+    from .onnx_export import export_onnx, export_onnx_int8, quantize_onnx_file, verify_onnx
+    from .onnx_graph import share_weights, weight_stats
+    from .quantize import quantize_dynamic_int8, size_report, state_dict_bytes
     from .run import FORMATS, add_export_arguments, default_output, export_from_args, format_summary, run_export
-    from .torchscript import export_safetensors, export_torchscript, is_quantized
+    from .safetensors import export_safetensors
+    from .torchscript import export_torchscript, is_quantized
 
 
-def __getattr__(name: str) -> Any:
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'minivit.export' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_NAMES))
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -1,9 +1,12 @@
-"""Atomic file output and small helpers shared by the exporters.
+"""The steps every exporter shares, written once.
 
-Every exporter writes into a private staging folder created next to the target (same file system),
-verifies what it wrote, and only then renames the finished file(s) into place. A failure at any
-step (export error, verification failure, full disk, unwritable folder) leaves the target untouched
-and removes the staging folder, so there is never a half-written model on disk.
+:func:`export_job` checks the model and the target path, settles the input size, puts the model in
+eval mode and opens a staging folder next to the target (:func:`minivit.io.staging`, same file
+system). The exporter writes and verifies there; :meth:`ExportJob.check` raises when the written file
+disagrees with the model, and :meth:`ExportJob.write` renames the finished file(s) into place
+(:func:`minivit.io.commit`: mode 0644, ``fsync``) and returns ``path`` / ``files`` / ``bytes`` / ``mb``.
+A failure at any step (export error, verification failure, full disk, unwritable folder) leaves the
+target untouched and removes the staging folder, so there is never a half-written model on disk.
 """
 
 from __future__ import annotations
@@ -11,25 +14,21 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, MinivitError
+from ..io.atomic import WRITE_HINT, commit, failure_cause, staging, write_failure
+from ..measure import normalize_input_size, to_mb
 
-MB = 1024 * 1024
 EXPORTERS = ("auto", "dynamo", "torchscript")
 """ONNX exporters: ``auto`` tries dynamo first and falls back to the TorchScript exporter."""
-
-
-def to_mb(nbytes: int) -> float:
-    """Bytes to MiB, rounded to 3 decimals (what summaries print)."""
-    return round(nbytes / MB, 3)
 
 
 def check_file_target(path: str | os.PathLike, what: str) -> Path:
@@ -42,37 +41,6 @@ def check_file_target(path: str | os.PathLike, what: str) -> Path:
             f"{what} output path {path} is a directory", f"pass a file path inside it, e.g. {path / 'model.onnx'}"
         )
     return path
-
-
-@contextlib.contextmanager
-def staging_dir(target: Path) -> Iterator[Path]:
-    """A temporary folder next to ``target`` (created with its parents), always removed on exit."""
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    except OSError as e:
-        raise MinivitError(
-            f"cannot write to {parent}: {e.strerror or e}", "choose an output path in a writable folder"
-        ) from None
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def commit(files: list[tuple[Path, Path]]) -> None:
-    """fsync each staged file and rename it onto its target (in order: put the main file last)."""
-    try:
-        for src, _ in files:
-            with open(src, "rb") as fh:
-                os.fsync(fh.fileno())
-        for src, dst in files:
-            os.replace(src, dst)
-    except OSError as e:
-        raise MinivitError(
-            f"cannot write {files[-1][1]}: {e.strerror or e}", "choose an output path in a writable folder"
-        ) from None
 
 
 @contextlib.contextmanager
@@ -127,50 +95,59 @@ def flat_outputs(out: object) -> list[torch.Tensor]:
     raise ConfigError(f"model output of type {type(out).__name__} cannot be exported", "return tensors")
 
 
-def infer_input_size(model: nn.Module, batch: int = 1) -> tuple[int, int, int, int]:
-    """``(batch, channels, height, width)`` the model was built for.
+def first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters), for one-line error reports."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
-    Read from ``patch_embed.img_size`` and the patch projection's input channels (timm ViT, DeiT,
-    Swin and the multiplexed models); failing that, from ``pretrained_cfg["input_size"]``.
+
+def raise_if_disk_failure(e: BaseException, target: Path) -> None:
+    """Raise :func:`minivit.io.write_failure` when ``e`` is a full disk / permission / read-only problem.
+
+    Exporters call it before treating an exception as the exporter's own failure (a fallback would
+    only hit the same disk again).
     """
-    pe = getattr(model, "patch_embed", None)
-    img_size = getattr(pe, "img_size", None)
-    proj = getattr(pe, "proj", None)
-    chans = getattr(proj, "in_channels", None) or getattr(pe, "in_chans", None)
-    if img_size is not None and chans is not None:
-        h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        return (batch, int(chans), int(h), int(w))
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if isinstance(cfg, dict) and len(cfg.get("input_size", ())) == 3:
-        c, h, w = cfg["input_size"]
-        return (batch, int(c), int(h), int(w))
-    raise ConfigError(
-        f"cannot infer the input size of a {type(model).__name__}",
-        "pass input_size=(batch, channels, height, width) (CLI: --input-size H W)",
-    )
+    if failure_cause(e, target.parent) in WRITE_HINT:
+        raise write_failure(e, target) from None
 
 
-def normalize_input_size(input_size: object, model: nn.Module) -> tuple[int, int, int, int]:
-    """Accept ``None`` (inferred), ``S``, ``(H, W)``, ``(C, H, W)`` or ``(B, C, H, W)``; return 4 positive ints."""
-    if input_size is None:
-        return infer_input_size(model)
-    size = (input_size,) if isinstance(input_size, int) else tuple(input_size)  # type: ignore[arg-type]
-    if not size or len(size) > 4 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
-        raise ConfigError(
-            f"input_size must be 1 to 4 positive integers, got {input_size!r}", "e.g. (1, 3, 224, 224) or (224, 224)"
-        )
-    if len(size) == 4:
-        return size  # type: ignore[return-value]
-    default = _default_size(model)
-    if len(size) == 1:
-        return (1, default[1], size[0], size[0])
-    if len(size) == 2:
-        return (1, default[1], size[0], size[1])
-    return (1, *size)  # type: ignore[return-value]
+@dataclass
+class ExportJob:
+    """One export in progress: the model (eval mode), its target, input size and staging folder."""
+
+    model: nn.Module
+    target: Path
+    size: tuple[int, int, int, int]
+    tmp: Path
+
+    def staged(self, *parts: str) -> Path:
+        """A path inside the staging folder (its parent folders created); default the target's name."""
+        path = self.tmp.joinpath(*(parts or (self.target.name,)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def batches(self, dynamic: bool = True) -> tuple[int, ...]:
+        """Batch sizes to verify with: the export's own and, for a dynamic batch axis, two more."""
+        return (self.size[0], self.size[0] + 2) if dynamic else (self.size[0],)
+
+    def check(self, diff: float, ref: float, tolerance: float, what: str, hint: str) -> None:
+        """Raise unless ``diff <= tolerance * max(1, ref)`` (``ref``: the largest PyTorch output magnitude)."""
+        limit = tolerance * max(1.0, ref)
+        if not diff <= limit:
+            raise MinivitError(f"{what} differs from PyTorch by {diff:.3g} (limit {limit:.3g})", hint)
+
+    def write(self, staged: list[Path]) -> dict[str, Any]:
+        """Rename ``staged`` files next to the target (the main file last); return its size summary."""
+        finals = commit([(f, self.target.with_name(f.name)) for f in staged])
+        nbytes = sum(f.stat().st_size for f in finals)
+        return {"path": str(self.target), "files": [str(f) for f in finals], "bytes": nbytes, "mb": to_mb(nbytes)}
 
 
-def _default_size(model: nn.Module) -> tuple[int, int, int, int]:
-    try:
-        return infer_input_size(model)
-    except ConfigError:
-        return (1, 3, 224, 224)
+@contextlib.contextmanager
+def export_job(model: object, path: str | os.PathLike, what: str, input_size: object) -> Iterator[ExportJob]:
+    """Validate ``model`` and ``path``, settle the input size, then stage in eval mode (see the module doc)."""
+    model = check_model(model)
+    target = check_file_target(path, what)
+    size = normalize_input_size(input_size, model)
+    with eval_mode(model), staging(target.parent, target.name) as tmp:
+        yield ExportJob(model, target, size, tmp)

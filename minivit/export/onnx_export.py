@@ -27,18 +27,17 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, MinivitError
+from ..measure import tensor_bytes
 from ._io import (
     EXPORTERS,
-    check_file_target,
-    check_model,
-    commit,
+    ExportJob,
     eval_mode,
+    export_job,
+    first_line,
     flat_outputs,
-    normalize_input_size,
     quiet,
+    raise_if_disk_failure,
     random_input,
-    staging_dir,
-    to_mb,
 )
 from .onnx_graph import default_opset, share_weights, weight_stats
 
@@ -48,14 +47,6 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 """Above this many bytes of weights the file keeps them in ``<name>.data`` (protobuf's 2 GB limit)."""
 SHARING_SLACK = 1.05, 64 * 1024
 """An ONNX file keeps weights shared when its unique weight bytes are at most ``a * model + b``."""
-
-
-def model_tensor_bytes(model: nn.Module) -> int:
-    """Bytes of the model's distinct parameters and buffers (a tensor shared by several modules counts once)."""
-    seen: dict[tuple[int, int], int] = {}
-    for t in [*model.parameters(), *model.buffers()]:
-        seen[(t.data_ptr(), t.numel())] = t.numel() * t.element_size()
-    return sum(seen.values())
 
 
 def _ort_session(path: Path):
@@ -104,7 +95,7 @@ def verify_onnx(
 
 def _export_raw(model: nn.Module, x: torch.Tensor, raw: Path, exporter: str, opset: int | None, dynamic: bool):
     """Run one torch exporter into ``raw`` and return the loaded ``ModelProto``."""
-    big = model_tensor_bytes(model) > EXTERNAL_DATA_BYTES
+    big = tensor_bytes(model, persistent_only=False) > EXTERNAL_DATA_BYTES
     kw: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
     with quiet():
         if exporter == "dynamo":
@@ -127,7 +118,11 @@ def save_onnx(proto: onnx.ModelProto, file: Path) -> list[Path]:
     if nbytes > EXTERNAL_DATA_BYTES:
         data = file.with_name(file.name + ".data")
         onnx.save_model(
-            proto, str(file), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+            proto,
+            str(file),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
             size_threshold=1024,
         )
         return [data, file]
@@ -151,23 +146,18 @@ def _add_metadata(proto: onnx.ModelProto, model: nn.Module, exporter: str) -> No
         entry.key, entry.value = k, v
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
-
-
-def _export_one(model, x, size, tmp: Path, target: Path, exporter, opset, dynamic, verify, tolerance, metadata):
-    raw = tmp / f"raw-{exporter}" / "model.onnx"
-    raw.parent.mkdir()
-    proto = _export_raw(model, x, raw, exporter, opset, dynamic)
+def _export_one(job: ExportJob, x, exporter: str, opset, dynamic: bool, verify: bool, tolerance, metadata):
+    """One exporter's graph, weights shared, checked and verified, staged in ``job.tmp/<exporter>/``."""
+    model, size = job.model, job.size
+    proto = _export_raw(model, x, job.staged(f"raw-{exporter}", "model.onnx"), exporter, opset, dynamic)
     passes = share_weights(proto, metadata=metadata)
     _add_metadata(proto, model, exporter)
     stats = weight_stats(proto)
-    out = tmp / exporter / target.name
+    out = job.staged(exporter, job.target.name)
     files = save_onnx(proto, out)
     with quiet():
         onnx.checker.check_model(str(out))
-    ref_bytes = model_tensor_bytes(model)
+    ref_bytes = tensor_bytes(model, persistent_only=False)
     a, b = SHARING_SLACK
     onnx_weight_bytes = stats["unique_initializer_bytes"] + stats["constant_bytes"]
     result: dict[str, Any] = {
@@ -183,16 +173,48 @@ def _export_one(model, x, size, tmp: Path, target: Path, exporter, opset, dynami
         "_files": files,
     }
     if verify:
-        batches = (size[0], size[0] + 2) if dynamic else (size[0],)
-        check = verify_onnx(out, model, size, batches)
-        result.update(check)
-        limit = tolerance * max(1.0, check["max_abs_ref"])
-        if not check["max_abs_diff"] <= limit:
-            raise MinivitError(
-                f"onnxruntime output differs from PyTorch by {check['max_abs_diff']:.3g} (limit {limit:.3g})",
-                "try the other exporter (exporter='torchscript' or 'dynamo') or another opset",
-            )
+        result.update(verify_onnx(out, model, size, job.batches(dynamic)))
+        job.check(result["max_abs_diff"], result["max_abs_ref"], tolerance, "onnxruntime output",
+                  "try the other exporter (exporter='torchscript' or 'dynamo') or another opset")  # fmt: skip
     return result
+
+
+def _check_options(exporter: str, opset: object) -> None:
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"unknown ONNX exporter {exporter!r}", f"use one of {', '.join(EXPORTERS)}")
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 7):
+        raise ConfigError(f"opset must be an integer >= 7, got {opset!r}", "e.g. 17, or None for the default")
+
+
+def _first_that_shares(job: ExportJob, order: list[str], **kw) -> tuple[dict[str, Any], list[str]]:
+    """Try the exporters in ``order``; the first whose graph keeps weights shared wins, else the smallest.
+
+    Returns the chosen result and why the exporters before it were not used.
+    """
+    failures: list[str] = []
+    candidates: list[dict[str, Any]] = []
+    x = random_input(job.model, job.size)
+    for name in order:
+        try:
+            result = _export_one(job, x, name, **kw)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - exporters raise anything; we report and fall back
+            raise_if_disk_failure(e, job.target)
+            failures.append(f"{name}: {first_line(e)}")
+            continue
+        candidates.append(result)
+        if result["weights_shared"]:
+            break
+        failures.append(f"{name}: weights duplicated in the graph")
+    if not candidates:
+        hint = "see minivit.export docs; try another opset or exporter"
+        if len(order) == 1 and failures and "MinivitError" in failures[0]:
+            hint = failures[0].split(": ", 2)[-1]
+        raise MinivitError(f"ONNX export failed ({'; '.join(failures)})", hint)
+    best = next((c for c in candidates if c["weights_shared"]), None)
+    best = best or min(candidates, key=lambda c: c["unique_initializer_bytes"] + c["constant_bytes"])
+    return best, failures
 
 
 def export_onnx(
@@ -232,52 +254,14 @@ def export_onnx(
     ``fallback_reason`` (why dynamo was not used, or ``None``) and, with ``verify``, ``max_abs_diff``,
     ``max_abs_ref`` and ``batches``.
     """
-    model = check_model(model)
-    target = check_file_target(path, "ONNX")
-    if exporter not in EXPORTERS:
-        raise ConfigError(f"unknown ONNX exporter {exporter!r}", f"use one of {', '.join(EXPORTERS)}")
-    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 7):
-        raise ConfigError(f"opset must be an integer >= 7, got {opset!r}", "e.g. 17, or None for the default")
-    size = normalize_input_size(input_size, model)
+    _check_options(exporter, opset)
     order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
-    failures: list[str] = []
-    candidates: list[dict[str, Any]] = []
-    with eval_mode(model), staging_dir(target) as tmp:
-        x = random_input(model, size)
-        for name in order:
-            try:
-                result = _export_one(
-                    model, x, size, tmp, target, name, opset, dynamic_batch, verify, tolerance, keep_metadata
-                )
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as e:  # noqa: BLE001 - exporters raise anything; we report and fall back
-                failures.append(f"{name}: {_first_line(e)}")
-                continue
-            candidates.append(result)
-            if result["weights_shared"]:
-                break
-            failures.append(f"{name}: weights duplicated in the graph")
-        if not candidates:
-            hint = "see minivit.export docs; try another opset or exporter"
-            if len(order) == 1 and failures and "MinivitError" in failures[0]:
-                hint = failures[0].split(": ", 2)[-1]
-            raise MinivitError(f"ONNX export failed ({'; '.join(failures)})", hint)
-        best = next((c for c in candidates if c["weights_shared"]), None)
-        best = best or min(candidates, key=lambda c: c["unique_initializer_bytes"] + c["constant_bytes"])
-        staged = best.pop("_files")
-        for c in candidates:
-            c.pop("_files", None)
-        finals = [target.with_name(f.name) for f in staged]
-        commit(list(zip(staged, finals)))
-    total = sum(f.stat().st_size for f in finals)
-    best.update(
-        path=str(target),
-        files=[str(f) for f in finals],
-        bytes=total,
-        mb=to_mb(total),
-        fallback_reason="; ".join(failures) if best["exporter"] != order[0] else None,
-    )
+    with export_job(model, path, "ONNX", input_size) as job:
+        best, failures = _first_that_shares(
+            job, order, opset=opset, dynamic=dynamic_batch, verify=verify, tolerance=tolerance, metadata=keep_metadata
+        )
+        best.update(job.write(best.pop("_files")))
+    best["fallback_reason"] = "; ".join(failures) if best["exporter"] != order[0] else None
     return _ordered(best)
 
 
@@ -303,7 +287,10 @@ def quantize_onnx_file(src: str | os.PathLike, dst: str | os.PathLike, per_chann
     try:
         with quiet():
             quantize_dynamic(
-                Path(src), Path(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel,
+                Path(src),
+                Path(dst),
+                op_types_to_quantize=["MatMul", "Gemm"],
+                per_channel=per_channel,
                 weight_type=QuantType.QInt8,
             )
     finally:
@@ -329,34 +316,39 @@ def export_onnx_int8(
     difference is the quantisation error (reported, not checked). Returns :func:`export_onnx`'s
     summary for the int8 file plus ``fp32_bytes`` (the intermediate fp32 file) and ``int8: True``.
     """
-    model = check_model(model)
-    target = check_file_target(path, "ONNX")
-    size = normalize_input_size(input_size, model)
-    with staging_dir(target) as tmp:
-        fp32 = export_onnx(model, tmp / "fp32" / target.name, size, opset, dynamic_batch, verify, exporter=exporter)
+    with export_job(model, path, "ONNX", input_size) as job:
+        fp32 = export_onnx(job.model, job.staged("fp32", job.target.name), job.size, opset, dynamic_batch, verify,
+                           exporter=exporter)  # fmt: skip
         if len(fp32["files"]) > 1:
             raise MinivitError("int8 quantisation of ONNX files over 2 GB is not supported", "use --format torchscript")
-        staged = tmp / "int8" / target.name
-        staged.parent.mkdir()
+        staged = job.staged("int8", job.target.name)
         try:
             stats = quantize_onnx_file(fp32["path"], staged, per_channel=per_channel)
         except Exception as e:  # noqa: BLE001 - the quantiser raises many types
-            raise MinivitError(f"onnxruntime int8 quantisation failed: {_first_line(e)}", "export fp32 ONNX") from None
+            raise_if_disk_failure(e, job.target)
+            raise MinivitError(f"onnxruntime int8 quantisation failed: {first_line(e)}", "export fp32 ONNX") from None
         result: dict[str, Any] = {k: v for k, v in fp32.items() if k not in ("max_abs_diff", "max_abs_ref", "batches")}
         result.update(stats)
-        result.update(int8=True, quantizer="onnxruntime.quantization.quantize_dynamic (QInt8)",
-                      per_channel=per_channel, fp32_bytes=fp32["bytes"], fp32_max_abs_diff=fp32.get("max_abs_diff"))
+        result.update(
+            int8=True,
+            quantizer="onnxruntime.quantization.quantize_dynamic (QInt8)",
+            per_channel=per_channel,
+            fp32_bytes=fp32["bytes"],
+            fp32_max_abs_diff=fp32.get("max_abs_diff"),
+        )
         if verify:
-            batches = (size[0], size[0] + 2) if dynamic_batch else (size[0],)
-            try:
-                result.update(verify_onnx(staged, model, size, batches))
-            except MinivitError:
-                raise
-            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-                raise MinivitError(f"the int8 ONNX file does not run: {_first_line(e)}", "export fp32 ONNX") from None
-            if not np.isfinite(result["max_abs_diff"]):
-                raise MinivitError("the int8 ONNX model produces non-finite outputs", "export fp32 ONNX instead")
-        commit([(staged, target)])
-    nbytes = target.stat().st_size
-    result.update(path=str(target), files=[str(target)], bytes=nbytes, mb=to_mb(nbytes))
+            result.update(_verify_int8(staged, job, dynamic_batch))
+        result.update(job.write([staged]))
     return _ordered(result)
+
+
+def _verify_int8(staged: Path, job: ExportJob, dynamic_batch: bool) -> dict[str, Any]:
+    try:
+        check = verify_onnx(staged, job.model, job.size, job.batches(dynamic_batch))
+    except MinivitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise MinivitError(f"the int8 ONNX file does not run: {first_line(e)}", "export fp32 ONNX") from None
+    if not np.isfinite(check["max_abs_diff"]):
+        raise MinivitError("the int8 ONNX model produces non-finite outputs", "export fp32 ONNX instead")
+    return check

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ._io import check_model, quiet, to_mb
+from ..measure import count_parameters, to_mb
+from ._io import check_model, quiet
 
 
 def quantize_dynamic_int8(model: nn.Module, per_channel: bool = False, inplace: bool = False) -> nn.Module:
@@ -81,18 +82,6 @@ def state_dict_bytes(model: nn.Module) -> int:
     with quiet():
         torch.save(model.state_dict(), buf)
     return buf.getbuffer().nbytes
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Distinct weights, counting the int8 weights and biases of dynamically quantised Linears too."""
-    from torch.ao.nn.quantized import Linear as QuantizedLinear
-
-    seen = {id(p): p.numel() for p in model.parameters()}
-    for m in model.modules():
-        if isinstance(m, QuantizedLinear):
-            weight, bias = m._weight_bias()
-            seen[id(m)] = weight.numel() + (bias.numel() if bias is not None else 0)
-    return sum(seen.values())
 
 
 def _entry(model: nn.Module) -> dict[str, Any]:

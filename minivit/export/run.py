@@ -24,9 +24,11 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ._io import EXPORTERS, normalize_input_size, random_input, to_mb
+from ..measure import normalize_input_size, to_mb
+from ._io import EXPORTERS, random_input
 from .quantize import quantize_dynamic_int8, state_dict_bytes
-from .torchscript import export_safetensors, export_torchscript
+from .safetensors import export_safetensors
+from .torchscript import export_torchscript
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 DEFAULT_NAMES = {
@@ -96,32 +98,11 @@ def run_export(
     if fmt != "safetensors" and out.is_dir():
         out = out / DEFAULT_NAMES[(fmt, int8)]
     size = normalize_input_size(input_size, model) if fmt != "safetensors" else None
-    extra: dict[str, Any] = {}
     if fmt == "onnx":
-        try:
-            from .onnx_export import export_onnx, export_onnx_int8
-        except ImportError as e:
-            raise ConfigError(
-                f"ONNX export needs the onnx, onnxruntime and onnxscript packages ({e})",
-                "pip install 'minivit[export]'",
-            ) from None
-        kw = dict(opset=opset, dynamic_batch=dynamic_batch, verify=verify, exporter=exporter)
-        if int8:
-            summary = export_onnx_int8(model, out, size, per_channel=per_channel, **kw)
-        else:
-            summary = export_onnx(model, out, size, **kw)
+        onnx_kw = dict(opset=opset, dynamic_batch=dynamic_batch, verify=verify, exporter=exporter)
+        summary = _export_onnx(model, out, size, int8, per_channel, onnx_kw)
     elif fmt == "torchscript":
-        if int8:
-            qmodel = quantize_dynamic_int8(model, per_channel=per_channel)
-            summary = export_torchscript(qmodel, out, size, verify=verify)
-            extra["state_dict_bytes"] = state_dict_bytes(qmodel)
-            extra["fp32_state_dict_bytes"] = state_dict_bytes(model)
-            if verify:
-                with torch.no_grad():
-                    x = random_input(model, size, seed=7)
-                    extra["max_abs_diff_vs_fp32"] = float((qmodel(x) - model(x)).abs().max())
-        else:
-            summary = export_torchscript(model, out, size, verify=verify)
+        summary = _export_torchscript(model, out, size, int8, per_channel, verify)
     else:
         summary = export_safetensors(model, out)
     source = (model_dir / WEIGHTS_NAME).stat().st_size
@@ -130,7 +111,6 @@ def run_export(
         "int8": int8,
         "model_dir": str(model_dir),
         **summary,
-        **extra,
         "source_bytes": source,
         "source_mb": to_mb(source),
         "size_ratio": round(source / summary["bytes"], 3),
@@ -138,6 +118,31 @@ def run_export(
     }
     summary.setdefault("max_abs_diff", None)
     summary.setdefault("files", [summary["path"]])
+    return summary
+
+
+def _export_onnx(model, out: Path, size, int8: bool, per_channel: bool, kw: dict[str, Any]) -> dict[str, Any]:
+    try:
+        from .onnx_export import export_onnx, export_onnx_int8
+    except ImportError as e:
+        raise ConfigError(
+            f"ONNX export needs the onnx, onnxruntime and onnxscript packages ({e})", "pip install 'minivit[export]'"
+        ) from None
+    if int8:
+        return export_onnx_int8(model, out, size, per_channel=per_channel, **kw)
+    return export_onnx(model, out, size, **kw)
+
+
+def _export_torchscript(model, out: Path, size, int8: bool, per_channel: bool, verify: bool) -> dict[str, Any]:
+    if not int8:
+        return export_torchscript(model, out, size, verify=verify)
+    qmodel = quantize_dynamic_int8(model, per_channel=per_channel)
+    summary = export_torchscript(qmodel, out, size, verify=verify)
+    summary.update(state_dict_bytes=state_dict_bytes(qmodel), fp32_state_dict_bytes=state_dict_bytes(model))
+    if verify:
+        with torch.no_grad():
+            x = random_input(model, size, seed=7)
+            summary["max_abs_diff_vs_fp32"] = float((qmodel(x) - model(x)).abs().max())
     return summary
 
 
@@ -159,7 +164,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the Linear layers")
     parser.add_argument("--output", metavar="PATH", help="output file (folder for safetensors); default DIR/export/")
     parser.add_argument(
-        "--input-size", type=int, nargs="+", metavar="N",
+        "--input-size",
+        type=int,
+        nargs="+",
+        metavar="N",
         help="S, H W, C H W or B C H W (default: the model's own image size)",
     )
     parser.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")

@@ -1,5 +1,17 @@
-"""Saving and loading: the timm-style model folder, checked state-dict loading, the authors' checkpoints."""
+"""Reading and writing files: the timm-style model folder, checked state-dict loading, the authors'
+checkpoints, and the one atomic writer (:mod:`minivit.io.atomic`)."""
 
+from .atomic import (
+    TEMP_PREFIX,
+    WRITE_HINT,
+    atomic_folder,
+    atomic_write,
+    clean_stale,
+    commit,
+    failure_cause,
+    staging,
+    write_failure,
+)
 from .official import load_official
 from .pretrained import (
     CONFIG_NAME,
@@ -15,8 +27,15 @@ from .state_dict import load_state_dict_checked, read_weights
 
 __all__ = [
     "CONFIG_NAME",
+    "TEMP_PREFIX",
     "WEIGHTS_NAME",
+    "WRITE_HINT",
+    "atomic_folder",
+    "atomic_write",
     "build_from_config",
+    "clean_stale",
+    "commit",
+    "failure_cause",
     "from_pretrained",
     "load_official",
     "load_state_dict_checked",
@@ -25,4 +44,6 @@ __all__ = [
     "read_config",
     "read_weights",
     "save_pretrained",
+    "staging",
+    "write_failure",
 ]

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -30,6 +28,7 @@ from ..errors import CheckpointError, ConfigError
 from ..families import build_vit, describe_vit, family_by_config_name, family_of_student
 from ..spec import MultiplexSpec
 from ..zoo import create_model
+from .atomic import atomic_folder
 from .state_dict import load_state_dict_checked, read_weights
 
 WEIGHTS_NAME = "model.safetensors"
@@ -125,21 +124,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: dict 
         cfg.update(extra)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_folder(directory, last=(CONFIG_NAME,)) as tmp:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)  # ordinary file permissions, not the temp folder's private ones
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        directory.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, directory / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 

@@ -1,8 +1,6 @@
-"""Training: one Accelerate loop (:func:`fit`, in parts: :class:`Loop`) for every objective, exact resume,
-measurements."""
+"""Training: one Accelerate loop (:func:`fit`, in parts: :class:`Loop`) for every objective, exact resume."""
 
 from .engine import Loop, Position, StepContext, TrainConfig, TrainingError, config_diff, evaluate, fit
-from .measure import count_parameters, latency_ms, size_mb
 
 __all__ = [
     "Loop",
@@ -11,9 +9,6 @@ __all__ = [
     "TrainConfig",
     "TrainingError",
     "config_diff",
-    "count_parameters",
     "evaluate",
     "fit",
-    "latency_ms",
-    "size_mb",
 ]

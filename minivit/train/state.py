@@ -5,26 +5,25 @@ never stopped: the objective's weights (student and any learned loss parameters,
 teacher), optimizer, scheduler and grad-scaler states, the position (epoch, batches done, optimizer
 step), the metrics so far, the run's configuration and every process's RNG states.
 
-Writes go to a temporary file in the same folder, are flushed to disk (``fsync``) and renamed over
-the old file, so at any moment (``kill -9`` included) ``last.pt`` is either the previous complete
-checkpoint or the new complete one. ``best.pt`` is a hard link to the ``last.pt`` of the best
-epoch (a copy where links are not supported).
+Writes go through :func:`minivit.io.atomic_write` (a temporary file in the same folder, ``fsync``,
+rename), so at any moment (``kill -9`` included) ``last.pt`` is either the previous complete
+checkpoint or the new complete one; a failed write (full disk, permissions) raises one
+:class:`~minivit.errors.CheckpointError` line and keeps the previous checkpoint. ``best.pt`` is a hard
+link to the ``last.pt`` of the best epoch (a copy where links are not supported).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..io.atomic import atomic_write, clean_stale, commit, staging, write_failure
 
 LAST, BEST = "last.pt", "best.pt"
 FORMAT = 1
@@ -70,72 +69,32 @@ def _tuples(x):
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, fsync, rename over ``path``.
-
-    On any failure (disk full, permissions) the temporary file is removed, ``path`` keeps its old
-    content and :class:`~minivit.errors.CheckpointError` says what happened.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(path.parent)
-    except OSError as e:
-        why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        old = "; the previous version is intact" if path.exists() else ""
-        raise CheckpointError(
-            f"cannot write {path}: {why}{old}",
-            "make the folder writable or choose another --output"
-            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
-            else "free some space or choose another --output",
-        ) from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+LEGACY_TEMP = (f".{LAST}.*.tmp", f".{BEST}.*.tmp", f".{BEST}.link")
+"""Temporary names of checkpoint writes before :mod:`minivit.io.atomic`; cleaned like its own."""
 
 
 def save_checkpoint(folder: Path, state: dict, best: bool = False) -> Path:
     """Write ``state`` to ``folder/last.pt`` atomically; also make it ``best.pt`` when ``best``."""
     folder = Path(folder)
     last = folder / LAST
-    for stale in [*folder.glob(f".{LAST}.*.tmp"), *folder.glob(f".{BEST}.*.tmp"), folder / f".{BEST}.link"]:
-        with contextlib.suppress(OSError):  # left by a run killed mid-write (SIGTERM/SIGKILL); never read
-            os.unlink(stale)
-    atomic_write(last, lambda f: torch.save({"format": FORMAT, **state}, f))
+    clean_stale(folder, LEGACY_TEMP)  # left by a run killed mid-write (SIGTERM/SIGKILL); never read
+    atomic_write(last, lambda f: torch.save({"format": FORMAT, **state}, f), error=CheckpointError)
     if best:
-        tmp = folder / f".{BEST}.link"
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            try:
-                os.link(last, tmp)
-            except OSError:
-                shutil.copyfile(last, tmp)
-            os.replace(tmp, folder / BEST)
-            _fsync_dir(folder)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise CheckpointError(f"cannot write {folder / BEST}: {e.strerror or e}", "free some space") from None
+        _link_best(folder, last)
     return last
+
+
+def _link_best(folder: Path, last: Path) -> None:
+    """``best.pt`` becomes a hard link to ``last.pt`` (a copy where links are not supported), atomically."""
+    with staging(folder, BEST, error=CheckpointError) as tmp:
+        try:
+            try:
+                os.link(last, tmp / BEST)
+            except OSError:
+                shutil.copyfile(last, tmp / BEST)
+        except OSError as e:
+            raise write_failure(e, folder / BEST, cls=CheckpointError) from None
+        commit([(tmp / BEST, folder / BEST)], error=CheckpointError)
 
 
 def load_checkpoint(path: Path) -> dict:
