@@ -16,7 +16,7 @@ and the product with ``v``::
   ``(B, H, N, N)`` tensor: the scale is folded into ``Fpre``'s matrix, ``Fpre`` is applied to the small
   constant terms and to ``q`` (for the iRPE term, whose table all heads share) instead of to their large
   sums, the pre-mix and every constant land in the logits with one batched multiply-add, and, where no
-  gradient is being recorded, softmax and ``Fpost`` reuse the buffers they read instead of allocating.
+  gradient is being recorded, the mask add and ``Fpost`` write into buffers already allocated.
   The mask's "do not attend" entries (Swin's ``-100``) become ``-inf``: the attention weights this drops
   are ``exp(-100)``-small, below float32's normal range, and arithmetic on such subnormal numbers is many
   times slower on CPUs. Results agree with the training path to float32 rounding (``tests/test_attention.py``).
@@ -123,13 +123,9 @@ def _training(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_tabl
     return attn @ v
 
 
-def _may_reuse(*tensors: Tensor | None) -> bool:
-    """True when intermediate buffers may be overwritten: no autograd graph, no tracing or compiling."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return False
-    if torch.onnx.is_in_onnx_export():
-        return False
-    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+def _may_reuse() -> bool:
+    """True when intermediate buffers may be overwritten: no autograd, no tracing, compiling or exporting."""
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def _constant_logits(h, n, pre_w, pre_b, bias, mask) -> Tensor | None:
@@ -148,8 +144,8 @@ def _constant_logits(h, n, pre_w, pre_b, bias, mask) -> Tensor | None:
 def _inference(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_table, rpe_index):
     """The training path's function in fewer passes over (B, H, N, N) (see the module docstring)."""
     b, h, n, d = q.shape
-    reuse = _may_reuse(q, k, v, pre_w, pre_b, post_w, post_b, bias, rpe_table)
-    # batched products over strided views of the qkv projection are several times slower than a copy
+    reuse = _may_reuse()
+    # batched products over strided views of the qkv projection are several times slower than over a copy
     q, k = q.contiguous(), k.contiguous()
     const = _constant_logits(h, n, pre_w, pre_b, bias, mask)
     raw = None
@@ -178,8 +174,7 @@ def _inference(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_tab
             logits.view(-1, nw, h, n * n).add_(const)
         else:
             logits = (logits.view(-1, nw, h, n * n) + const).view(b, h, n * n)
-    attn = logits.view(b, h, n, n)
-    attn = torch.softmax(attn, -1, out=attn) if reuse else attn.softmax(dim=-1)
+    attn = logits.view(b, h, n, n).softmax(dim=-1)  # (an in-place softmax is slower on CPU: it copies)
     if post_w is not None:
         out = raw if reuse and raw is not None else None
         if out is None:
