@@ -123,9 +123,12 @@ def _training(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_tabl
     return attn @ v
 
 
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch < 2.3 has none
+
+
 def _may_reuse() -> bool:
     """True when intermediate buffers may be overwritten: no autograd, no tracing, compiling or exporting."""
-    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or _is_compiling())
 
 
 def _constant_logits(h, n, pre_w, pre_b, bias, mask) -> Tensor | None:
