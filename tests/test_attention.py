@@ -197,3 +197,25 @@ def test_helpers():
     torch.testing.assert_close(r[1, 2, 3, 1], q[1, 2, 3] @ table[0, :, index[3, 1]])
     with pytest.raises(ValueError, match="rpe_index"):
         mixed_attention(q, q, q, 1.0, rpe_table=table)
+
+
+@pytest.mark.parametrize("kind", ["vit_rpe", "swin"])
+def test_inference_in_slices_matches(monkeypatch, kind):
+    """A batch larger than the slice budget runs in slices (whole images when a window mask repeats)."""
+    import minivit.core.attention as core
+
+    monkeypatch.setattr(core, "CHUNK_BYTES", 3 * 9 * 9 * 4 * 3)  # three windows' worth of attention
+    h, n, d = 3, 9, 8
+    if kind == "swin":
+        nw = 4
+        q, k, v = _qkv(3 * nw, h, n, d, seed=17)
+        pre, post = _mix(h, 1, True), _mix(h, 2, True)
+        kw = dict(pre_w=pre[0], pre_b=pre[1], post_w=post[0], post_b=post[1],
+                  bias=torch.randn(1, h, n, n), mask=_swin_mask(nw, n))
+    else:
+        q, k, v = _qkv(7, h, n, d, seed=18)
+        kw = dict(pre_w=_mix(h, 1, False)[0], post_w=_mix(h, 2, False)[0],
+                  rpe_table=torch.randn(1, d, 20), rpe_index=torch.randint(0, 20, (n, n)))
+    ref = mixed_attention(q, k, v, d**-0.5, **kw)
+    with torch.inference_mode():
+        assert _rel_err(mixed_attention(q, k, v, d**-0.5, fast=True, **kw), ref) <= TOL

@@ -16,7 +16,9 @@ and the product with ``v``::
   ``(B, H, N, N)`` tensor: the scale is folded into ``Fpre``'s matrix, ``Fpre`` is applied to the small
   constant terms and to ``q`` (for the iRPE term, whose table all heads share) instead of to their large
   sums, the pre-mix and every constant land in the logits with one batched multiply-add, and, where no
-  gradient is being recorded, the mask add and ``Fpost`` write into buffers already allocated.
+  gradient is being recorded, the mask add and ``Fpost`` write into buffers already allocated and a large
+  batch is processed in slices of about 1 MiB of attention (:data:`CHUNK_BYTES`), which stay in cache
+  through all passes (the fused kernel a teacher calls never materialises the tensor at all).
   The mask's "do not attend" entries (Swin's ``-100``) become ``-inf``: the attention weights this drops
   are ``exp(-100)``-small, below float32's normal range, and arithmetic on such subnormal numbers is many
   times slower on CPUs. Results agree with the training path to float32 rounding (``tests/test_attention.py``).
@@ -144,6 +146,11 @@ def _constant_logits(h, n, pre_w, pre_b, bias, mask) -> Tensor | None:
     return None if const is None else const.reshape(-1, h, n * n)
 
 
+CHUNK_BYTES = 1 << 20
+"""Eager inference runs the (B, H, N, N) attention in slices of about this many bytes (about one core's L2
+cache), so that its passes (logits, mixes, softmax, product with v) read the slice from cache, not memory."""
+
+
 def _inference(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_table, rpe_index):
     """The training path's function in fewer passes over (B, H, N, N) (see the module docstring)."""
     b, h, n, d = q.shape
@@ -151,6 +158,21 @@ def _inference(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_tab
     # batched products over strided views of the qkv projection are several times slower than over a copy
     q, k = q.contiguous(), k.contiguous()
     const = _constant_logits(h, n, pre_w, pre_b, bias, mask)
+    args = (scale, pre_w, pre_b, post_w, post_b, const, rpe_table, rpe_index, reuse)
+    rows = max(1, CHUNK_BYTES // (h * n * n * q.element_size()))
+    if const is not None and const.shape[0] > 1:
+        rows = const.shape[0] * max(1, rows // const.shape[0])  # whole images: the mask repeats per image
+    if not reuse or rows >= b:
+        return _inference_rows(q, k, v, *args)
+    out = torch.empty(b, h, n, v.shape[-1], dtype=torch.result_type(q, v), device=v.device)
+    for i in range(0, b, rows):
+        _inference_rows(q[i : i + rows], k[i : i + rows], v[i : i + rows], *args, out=out[i : i + rows])
+    return out
+
+
+def _inference_rows(q, k, v, scale, pre_w, pre_b, post_w, post_b, const, rpe_table, rpe_index, reuse, out=None):
+    """:func:`_inference` for one slice of the batch; ``const`` is :func:`_constant_logits`."""
+    b, h, n, d = q.shape
     raw = None
     if pre_w is None:
         qs = q * scale
@@ -162,7 +184,7 @@ def _inference(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_tab
         raw = torch.matmul(q, k.transpose(-2, -1)).view(b, h, n * n)
         if rpe_table is not None and rpe_table.shape[0] == 1:
             # one table for all heads: Fpre(rpe(s q)) = rpe(s Fpre q), mixing the small q instead of the logits
-            qm = torch.bmm(w, q.view(b, h, n * d)).view(b, h, n, d)
+            qm = torch.bmm(w, q.reshape(b, h, n * d)).view(b, h, n, d)
             logits = torch.baddbmm(rpe_logits(qm, rpe_table, rpe_index).view(b, h, n * n), w, raw)
         elif rpe_table is not None:
             term = raw.view(b, h, n, n) * scale + rpe_logits(q * scale, rpe_table, rpe_index)
@@ -179,12 +201,14 @@ def _inference(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_tab
             logits = (logits.view(-1, nw, h, n * n) + const).view(b, h, n * n)
     attn = logits.view(b, h, n, n).softmax(dim=-1)  # (an in-place softmax is slower on CPU: it copies)
     if post_w is not None:
-        out = raw if reuse and raw is not None else None
-        if out is None:
+        buf = raw if reuse and raw is not None else None
+        if buf is None:
             attn = head_mix(attn, post_w, post_b)
         elif post_b is None:
-            attn = torch.bmm(post_w.expand(b, h, h), attn.view(b, h, n * n), out=out).view(b, h, n, n)
+            attn = torch.bmm(post_w.expand(b, h, h), attn.view(b, h, n * n), out=buf).view(b, h, n, n)
         else:
             flat = attn.view(b, h, n * n)
-            attn = torch.baddbmm(post_b.view(1, h, 1), post_w.expand(b, h, h), flat, out=out).view(b, h, n, n)
-    return torch.matmul(attn, v)
+            attn = torch.baddbmm(post_b.view(1, h, 1), post_w.expand(b, h, h), flat, out=buf).view(b, h, n, n)
+    if out is None:
+        return torch.matmul(attn, v)
+    return torch.matmul(attn, v, out=out)
