@@ -159,10 +159,12 @@ def _inference(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_tab
     q, k = q.contiguous(), k.contiguous()
     const = _constant_logits(h, n, pre_w, pre_b, bias, mask)
     args = (scale, pre_w, pre_b, post_w, post_b, const, rpe_table, rpe_index, reuse)
+    if not reuse:  # (a traced or exported graph stays one piece, batch size free)
+        return _inference_rows(q, k, v, *args)
     rows = max(1, CHUNK_BYTES // (h * n * n * q.element_size()))
     if const is not None and const.shape[0] > 1:
         rows = const.shape[0] * max(1, rows // const.shape[0])  # whole images: the mask repeats per image
-    if not reuse or rows >= b:
+    if rows >= b:
         return _inference_rows(q, k, v, *args)
     out = torch.empty(b, h, n, v.shape[-1], dtype=torch.result_type(q, v), device=v.device)
     for i in range(0, b, rows):
