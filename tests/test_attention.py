@@ -11,6 +11,14 @@ from minivit.core.attention import head_mix, mixed_attention, rpe_logits
 TOL = 1e-5  # relative to the largest output magnitude
 
 
+@pytest.fixture(autouse=True)
+def _no_small_shortcut(monkeypatch):
+    """The inputs here are tiny; make the inference path run its own arithmetic on them too."""
+    import minivit.core.attention as core
+
+    monkeypatch.setattr(core, "SMALL_BYTES", 0)
+
+
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
@@ -219,3 +227,14 @@ def test_inference_in_slices_matches(monkeypatch, kind):
     ref = mixed_attention(q, k, v, d**-0.5, **kw)
     with torch.inference_mode():
         assert _rel_err(mixed_attention(q, k, v, d**-0.5, fast=True, **kw), ref) <= TOL
+
+
+def test_tiny_attention_runs_the_reference_arithmetic(monkeypatch):
+    import minivit.core.attention as core
+
+    monkeypatch.setattr(core, "SMALL_BYTES", 1 << 16)
+    b, h, n, d = 1, 3, 17, 8
+    q, k, v = _qkv(b, h, n, d, seed=19)
+    kw = dict(pre_w=_mix(h, 1, False)[0], post_w=_mix(h, 2, False)[0])
+    with torch.inference_mode():
+        assert torch.equal(mixed_attention(q, k, v, 0.3, fast=True, **kw), mixed_attention(q, k, v, 0.3, **kw))

@@ -146,6 +146,10 @@ def _constant_logits(h, n, pre_w, pre_b, bias, mask) -> Tensor | None:
     return None if const is None else const.reshape(-1, h, n * n)
 
 
+SMALL_BYTES = 1 << 16
+"""Below this many bytes of (B, H, N, N) attention (and without a mask) eager inference runs the reference
+arithmetic: for a handful of tokens the cost is the number of operations dispatched, not memory passes."""
+
 CHUNK_BYTES = 1 << 20
 """Eager inference runs the (B, H, N, N) attention in slices of about this many bytes (about one core's L2
 cache), so that its passes (logits, mixes, softmax, product with v) read the slice from cache, not memory."""
@@ -155,6 +159,8 @@ def _inference(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_tab
     """The training path's function in fewer passes over (B, H, N, N) (see the module docstring)."""
     b, h, n, d = q.shape
     reuse = _may_reuse()
+    if reuse and mask is None and b * h * n * n * q.element_size() <= SMALL_BYTES:
+        return _training(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, None, rpe_table, rpe_index, 0.0)
     # batched products over strided views of the qkv projection are several times slower than over a copy
     q, k = q.contiguous(), k.contiguous()
     const = _constant_logits(h, n, pre_w, pre_b, bias, mask)
