@@ -22,6 +22,8 @@ and the product with ``v``::
   The mask's "do not attend" entries (Swin's ``-100``) become ``-inf``: the attention weights this drops
   are ``exp(-100)``-small, below float32's normal range, and arithmetic on such subnormal numbers is many
   times slower on CPUs. Results agree with the training path to float32 rounding (``tests/test_attention.py``).
+  Tiny attention tensors without a mask (:data:`SMALL_BYTES`) run the reference arithmetic in eager
+  inference: with a handful of tokens the cost is the number of operations, not passes over memory.
 
 Nothing here keeps state: every folded quantity is recomputed from the weights on each call (a few
 ``H x H`` or ``(H, N, N)`` operations), so parameters may change between calls and tracing,
