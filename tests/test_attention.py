@@ -170,6 +170,23 @@ def test_inference_path_leaves_inputs_alone():
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace: still what export can fall back to
+def test_inference_path_traces_free_of_the_batch_size():
+    """Traced with one image (batch == windows), run with three: the graph must not depend on the batch."""
+    nw, h, n, d = 4, 3, 9, 8
+    pre, post = _mix(h, 1, True), _mix(h, 2, True)
+    bias, mask = torch.randn(1, h, n, n), _swin_mask(nw, n)
+    kw = dict(pre_w=pre[0], pre_b=pre[1], post_w=post[0], post_b=post[1], bias=bias, mask=mask)
+
+    def f(q, k, v):
+        return mixed_attention(q, k, v, d**-0.5, fast=True, **kw)
+
+    with torch.no_grad():
+        traced = torch.jit.trace(f, tuple(t.contiguous() for t in _qkv(nw, h, n, d, seed=20)))
+        q, k, v = (t.contiguous() for t in _qkv(3 * nw, h, n, d, seed=21))
+        assert _rel_err(traced(q, k, v), mixed_attention(q, k, v, d**-0.5, **kw)) <= TOL
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace: still what export can fall back to
 def test_inference_path_traces():
     b, h, n, d = 2, 3, 9, 8
     pre, post = _mix(h, 1, False)[0], _mix(h, 2, False)[0]

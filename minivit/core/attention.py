@@ -166,7 +166,7 @@ def _inference(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_tab
     # batched products over strided views of the qkv projection are several times slower than over a copy
     q, k = q.contiguous(), k.contiguous()
     const = _constant_logits(h, n, pre_w, pre_b, bias, mask)
-    args = (scale, pre_w, pre_b, post_w, post_b, const, rpe_table, rpe_index, reuse)
+    args = (scale, pre_w, pre_b, post_w, post_b, const, mask is not None, rpe_table, rpe_index, reuse)
     if not reuse:  # (a traced or exported graph stays one piece, batch size free)
         return _inference_rows(q, k, v, *args)
     rows = max(1, CHUNK_BYTES // (h * n * n * q.element_size()))
@@ -180,8 +180,10 @@ def _inference(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_tab
     return out
 
 
-def _inference_rows(q, k, v, scale, pre_w, pre_b, post_w, post_b, const, rpe_table, rpe_index, reuse, out=None):
-    """:func:`_inference` for one slice of the batch; ``const`` is :func:`_constant_logits`."""
+def _inference_rows(q, k, v, scale, pre_w, pre_b, post_w, post_b, const, masked, rpe_table, rpe_index, reuse,
+                    out=None):
+    """:func:`_inference` for one slice of the batch; ``const`` is :func:`_constant_logits` (per window if
+    ``masked``, else one for all)."""
     b, h, n, d = q.shape
     raw = None
     if pre_w is None:
@@ -199,7 +201,8 @@ def _inference_rows(q, k, v, scale, pre_w, pre_b, post_w, post_b, const, rpe_tab
         elif rpe_table is not None:
             term = raw.view(b, h, n, n) * scale + rpe_logits(q * scale, rpe_table, rpe_index)
             logits = head_mix(term, pre_w).view(b, h, n * n)
-        elif const is not None and const.shape[0] in (1, b):
+        elif const is not None and (not masked or (reuse and const.shape[0] == b)):
+            # (b == nW only in eager mode: a traced graph must not depend on the batch size)
             logits, const = torch.baddbmm(const, w, raw), None
         else:
             logits = torch.bmm(w, raw)
