@@ -63,6 +63,7 @@ from ..core import (
     student_from_teacher,
 )
 from ..core import delta as deltas
+from ..core.attention import mix_weights, mixed_attention
 from ..errors import ConfigError
 from ..spec import ALL, MultiplexSpec, as_spec
 
@@ -136,24 +137,11 @@ class SharedWindowAttention(nn.Module):
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0
             )
         else:
-            # logits + bias -> Fpre -> + mask -> softmax -> Fpost. Fpre is affine over heads, so
-            # Fpre(A + bias) = W A + Fpre(bias): the small (1 or nW, H, N, N) terms are formed first and the big
-            # (B * nW, H, N, N) tensor is touched by one add; Fpost's bias is fused into its matmul.
-            h = self.num_heads
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if layer.pre_mix is not None:
-                w = layer.pre_mix.weight.expand(b, h, h)  # bmm: matmul with an (H, H) matrix transposes copies
-                attn = torch.bmm(w, attn.reshape(b, h, n * n)).view(b, h, n, n)
-                bias = layer.pre_mix(bias)
-            if mask is not None:
-                nw = mask.shape[0]
-                attn = (attn.view(-1, nw, h, n, n) + (bias + mask.unsqueeze(1)).unsqueeze(0)).view(b, h, n, n)
-            else:
-                attn = attn + bias
-            attn = attn.softmax(dim=-1)
-            if layer.post_mix is not None:
-                attn = layer.post_mix(attn)
-            x = self.attn_drop(attn) @ v
+            # logits + bias -> Fpre -> + mask -> softmax -> Fpost (core.attention; the inference path in eval mode)
+            x = mixed_attention(
+                q, k, v, self.scale, **mix_weights(layer.pre_mix, layer.post_mix), bias=bias, mask=mask,
+                dropout_p=self.attn_drop.p if self.training else 0.0, fast=not self.training,
+            )
         x = x.transpose(1, 2).reshape(b, n, -1)
         return self.proj_drop(deltas.linear(self.proj, x, None if d is None else d.proj))
 

@@ -34,6 +34,7 @@ from ..core import (
     student_from_teacher,
 )
 from ..core import delta as deltas
+from ..core.attention import mix_weights, mixed_attention
 from ..errors import ConfigError
 from ..spec import ALL, MultiplexSpec, as_spec
 
@@ -70,19 +71,15 @@ class SharedAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
-            # explicit attention: one copy makes q, k, v contiguous so the batched products below copy nothing
+            # explicit attention: one copy makes q, k, v contiguous so the batched products copy nothing;
+            # in eval mode the inference path (same result to float rounding, see core.attention)
             q, k, v = qkv.contiguous().unbind(0)
             q, k = self.q_norm(q), self.k_norm(k)
-            q = q * self.scale
-            attn = q @ k.transpose(-2, -1)
-            if layer.rpe is not None:
-                attn = attn + layer.rpe(q, self.rpe_index)
-            if layer.pre_mix is not None:
-                attn = layer.pre_mix(attn)
-            attn = attn.softmax(dim=-1)
-            if layer.post_mix is not None:
-                attn = layer.post_mix(attn)
-            x = self.attn_drop(attn) @ v
+            x = mixed_attention(
+                q, k, v, self.scale, **mix_weights(layer.pre_mix, layer.post_mix),
+                rpe_table=None if layer.rpe is None else layer.rpe.weight, rpe_index=self.rpe_index,
+                dropout_p=self.attn_drop.p if self.training else 0.0, fast=not self.training,
+            )
         x = self.norm(x.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
         return self.proj_drop(deltas.linear(self.proj, x, None if d is None else d.proj))
 
