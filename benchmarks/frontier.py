@@ -45,8 +45,8 @@ from minivit.data import build_dataset
 from minivit.distill import DistillationObjective, DistillConfig
 from minivit.distill.cache import cache_teacher_logits
 from minivit.export import quantize_dynamic_int8, state_dict_bytes
-from minivit.families import describe_vit
-from minivit.measure import latency_ms
+from minivit.families import build_vit, describe_vit
+from minivit.measure import latency_ms, tensor_bytes
 from minivit.recipe import plan
 from minivit.train import TrainConfig, evaluate, fit
 from minivit.train.data import WithTeacherLogits
@@ -88,7 +88,7 @@ def converged(history: list[float], patience: int = 2, min_gain: float = 0.1) ->
 def dropped(teacher: nn.Module, k: int) -> nn.Module:
     """The teacher with every k-th block kept (blocks k-1, 2k-1, ...), everything else copied."""
     depth = len(teacher.blocks)
-    student = minivit.create_model("vit_tiny_patch16_224", **dict(describe_vit(teacher), depth=depth // k))
+    student = build_vit(dict(describe_vit(teacher), depth=depth // k))
     state = {n: v for n, v in teacher.state_dict().items() if not n.startswith("blocks.")}
     for j, i in enumerate(range(k - 1, depth, k)):
         state.update({f"blocks.{j}.{n}": v for n, v in teacher.blocks[i].state_dict().items()})
@@ -96,9 +96,18 @@ def dropped(teacher: nn.Module, k: int) -> nn.Module:
     return student
 
 
+def budget_fraction(teacher: nn.Module, k: int) -> float:
+    """The budget of row 1/k: the bytes of the teacher with every k-th block kept (the layer-dropping student);
+    for a single block (k = depth) no minivit student is smaller than one shared block with per-layer parts,
+    so the budget is that student's bytes."""
+    if k >= len(teacher.blocks):
+        return tensor_bytes(minivit.multiplex(teacher, share=k)) / tensor_bytes(teacher)
+    return tensor_bytes(dropped(teacher, k)) / tensor_bytes(teacher)
+
+
 def make_student(kind: str, k: int, teacher: nn.Module) -> tuple[nn.Module, dict]:
     if kind == "minivit":
-        spec = plan(teacher, 1.0 / k).spec
+        spec = plan(teacher, budget_fraction(teacher, k)).spec  # what `compress --budget F` builds
         return minivit.multiplex(teacher, spec), spec.to_dict()
     if kind == "naive":
         spec = minivit.MultiplexSpec(share=k, transforms=False, separate_norms=False)

@@ -20,7 +20,9 @@ from .core.delta import block_linears
 from .errors import ConfigError
 from .spec import MultiplexSpec
 
-RULE = "fewest groups that fit, then the largest delta rank that fits"
+RULE = ("among the share numbers whose student fits (each with the largest delta rank that fits) and the two "
+        "weight inits (first, mean), the one whose initial weights are closest to the teacher's (relative squared "
+        "error of the shared + delta weights)")
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,8 @@ class Plan:
     def describe(self) -> str:
         s = self.spec
         rank = f", delta rank {s.delta_rank}" if s.delta_rank else ""
-        return (f"share {s.share}{rank}: about {self.bytes / 1e6:.3f} MB, {self.fraction:.3f} of the teacher's "
-                f"{self.teacher_bytes / 1e6:.3f} MB")
+        return (f"share {s.share}{rank}, init {s.init}: about {self.bytes / 1e6:.3f} MB, "
+                f"{self.fraction:.3f} of the teacher's {self.teacher_bytes / 1e6:.3f} MB")
 
 
 def _blocks(teacher: nn.Module) -> list[list[nn.Module]]:
@@ -84,13 +86,33 @@ def estimate_bytes(teacher: nn.Module, share: int, delta_rank: int = 0, spec: Mu
     return _base_bytes(teacher, spec) + _delta_numbers(_blocks(teacher), share, delta_rank) * _elem(teacher)
 
 
-def plan(teacher: nn.Module, budget: float, spec: MultiplexSpec | None = None, max_rank: int = 256) -> Plan:
-    """The student for ``budget`` (a fraction of the teacher's bytes, 0 < budget <= 1) by :data:`RULE`.
+def start_error(teacher: nn.Module, share: int, rank: int, init: str = "first") -> float:
+    """How far the student starts from its teacher: ``sum ||W_l - (W_shared + delta_l)||^2 / sum ||W_l||^2``
+    over the corrected maps (qkv, proj, fc1, fc2) of every layer, with the rank-``rank`` SVD deltas."""
+    import torch
 
-    Candidates are the share numbers that divide every stack's depth; for each, the largest delta rank whose
-    estimated bytes fit the budget. Among the candidates that fit, the one with the fewest shared groups
-    (the largest share number) that still spends the budget on deltas wins when its rank is at least 1;
-    otherwise the smallest share number that fits.
+    err = total = 0.0
+    with torch.no_grad():
+        for blocks in _blocks(teacher):
+            k = min(share, len(blocks))
+            for g in range(0, len(blocks), k):
+                group = [block_linears(b) for b in blocks[g : g + k]]
+                for name in group[0]:
+                    weights = torch.stack([lin[name].weight.detach().double() for lin in group])
+                    shared = weights.mean(0) if init == "mean" else weights[0]
+                    values = torch.linalg.svdvals(weights - shared)  # (k, min(out, in)), descending
+                    err += float(values[:, rank:].square().sum()) if k > 1 else 0.0
+                    total += float(weights.square().sum())
+    return err / total
+
+
+def plan(teacher: nn.Module, budget: float, spec: MultiplexSpec | None = None, max_rank: int = 256,
+         inits: tuple[str, ...] = ("first", "mean")) -> Plan:
+    """The student for ``budget`` (a fraction of the teacher's stored bytes, 0 < budget <= 1) by :data:`RULE`.
+
+    The candidates are the share numbers that divide every stack's depth, each with the largest delta rank
+    whose bytes fit the budget, and the inits ``first`` and ``mean`` (``inits``); the one with the smallest
+    :func:`start_error` wins (ties: fewer bytes). The other fields of ``spec`` are kept.
     """
     if not 0 < budget <= 1:
         raise ConfigError(f"budget must be a fraction in (0, 1], got {budget!r}", "e.g. --budget 0.25")
@@ -101,29 +123,21 @@ def plan(teacher: nn.Module, budget: float, spec: MultiplexSpec | None = None, m
     teacher_bytes = tensor_bytes(teacher)
     limit = budget * teacher_bytes
     depths = [len(s) for s in stacks]
-    shares = [k for k in range(1, max(depths) + 1) if all(d % min(k, d) == 0 for d in depths)]
-    fits, sizes = [], {}
-    for k in shares:
+    candidates = []
+    for k in (k for k in range(1, max(depths) + 1) if all(d % min(k, d) == 0 for d in depths)):
         base = _base_bytes(teacher, spec.replace(share=k))
         if base > limit:
             continue
         rank = 0
-        while rank < max_rank and base + _delta_numbers(stacks, k, rank + 1) * _elem(teacher) <= limit:
+        while rank < max_rank and k > 1 and base + _delta_numbers(stacks, k, rank + 1) * _elem(teacher) <= limit:
             rank += 1
-        fits.append((k, rank))
-        sizes[k] = base + _delta_numbers(stacks, k, rank) * _elem(teacher)
-    if not fits:
-        raise ConfigError(f"no student fits {budget:.3f} of the teacher's bytes",
+        size = base + _delta_numbers(stacks, k, rank) * _elem(teacher)
+        candidates += [(start_error(teacher, k, rank, init), size, k, rank, init) for init in inits]
+    if not candidates:
+        raise ConfigError(f"no student fits {budget:.3f} of the teacher's stored bytes",
                           "a single shared block (--share all) is the smallest; raise the budget")
-    k, rank = _choose(fits)
-    return Plan(spec.replace(share=k, delta_rank=rank), sizes[k], teacher_bytes)
+    _, size, k, rank, init = min(candidates)
+    return Plan(spec.replace(share=k, delta_rank=rank, init=init), size, teacher_bytes)
 
 
-def _choose(fits: list[tuple[int, int]]) -> tuple[int, int]:
-    with_rank = [f for f in fits if f[1] >= 1]
-    if with_rank:
-        return max(with_rank, key=lambda f: f[0])
-    return min(fits, key=lambda f: f[0])
-
-
-__all__ = ["RULE", "Plan", "estimate_bytes", "plan"]
+__all__ = ["RULE", "Plan", "estimate_bytes", "plan", "start_error"]
