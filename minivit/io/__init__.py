@@ -12,6 +12,7 @@ from .atomic import (
     staging,
     write_failure,
 )
+from .hub import model_card, push_to_hub
 from .official import load_official
 from .pretrained import (
     CONFIG_NAME,
@@ -43,7 +44,9 @@ __all__ = [
     "load_official",
     "load_state_dict_checked",
     "load_weights",
+    "model_card",
     "model_config",
+    "push_to_hub",
     "read_config",
     "read_weights",
     "restore_data_config",
