@@ -56,9 +56,8 @@ def test_a_share_1_vit_student_returns_its_teachers_intermediates(fmt):
     student = minivit.multiplex(teacher, share=1).eval()
     kw = dict(output_fmt=fmt, norm=True, return_prefix_tokens=True)
     with torch.no_grad():
-        (s_final, s_layers), (t_final, t_layers) = student.forward_intermediates(X, **kw), teacher.forward_intermediates(
-            X, **kw
-        )
+        s_final, s_layers = student.forward_intermediates(X, **kw)
+        t_final, t_layers = teacher.forward_intermediates(X, **kw)
     assert len(s_layers) == len(t_layers) == 4 and close([s_final], [t_final])
     for (s_map, s_prefix), (t_map, t_prefix) in zip(s_layers, t_layers):
         assert s_map.shape == t_map.shape and close([s_map, s_prefix], [t_map, t_prefix])
