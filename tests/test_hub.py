@@ -207,7 +207,7 @@ def hub(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["vit", "swin"])
-def test_push_uploads_a_folder_timm_loads(tmp_path, hub, capsys, kind):
+def test_push_uploads_a_folder_timm_loads(tmp_path, hub, capsys, monkeypatch, kind):
     uploaded, calls = hub
     student = students()[kind]
     minivit.save_pretrained(student, tmp_path / "run")
@@ -226,6 +226,10 @@ def test_push_uploads_a_folder_timm_loads(tmp_path, hub, capsys, kind):
     again = timm.create_model(f"local-dir:{uploaded}", pretrained=True).eval()
     assert max_diff(again, student) <= 1e-6
     assert max_diff(minivit.from_pretrained(uploaded), student) <= 1e-6
+    from timm.models import _hub  # the download mocked: files come from the uploaded folder
+
+    monkeypatch.setattr(_hub, "hf_hub_download", lambda repo_id, filename, **kw: str(uploaded / filename))
+    assert max_diff(timm.create_model("hf-hub:alice/mini", pretrained=True).eval(), student) <= 1e-6
 
 
 def test_push_refuses_a_bad_repository_name(tmp_path, hub, capsys):
