@@ -139,10 +139,18 @@ def _build_multiplexed(cfg: dict, args: dict) -> nn.Module:
     return family.student_type(**args, spec=MultiplexSpec.from_dict(spec))
 
 
+def _timm_model_args(cfg: dict) -> dict:
+    """The keywords timm's loader passes for a config.json timm wrote (the class count is a top-level field)."""
+    args = cfg.get("model_args", {})
+    if isinstance(args, dict) and isinstance(cfg.get("num_classes"), int):
+        args = {"num_classes": cfg["num_classes"], **args}
+    return args
+
+
 def build_from_config(cfg: dict) -> nn.Module:
     """Rebuild an architecture (random weights) from a :func:`model_config` dict (or timm's own config.json)."""
     if isinstance(cfg, dict) and "family" not in cfg and "format_version" not in cfg and "architecture" in cfg:
-        cfg = {"family": "timm", "name": cfg["architecture"], "model_args": cfg.get("model_args", {})}  # timm's
+        cfg = {"family": "timm", "name": cfg["architecture"], "model_args": _timm_model_args(cfg)}  # timm's own
     if not isinstance(cfg, dict) or "family" not in cfg:
         raise ConfigError("config has no 'family' field", "regenerate config.json with save_pretrained")
     args = cfg.get("model_args", {})
