@@ -12,15 +12,18 @@ from .atomic import (
     staging,
     write_failure,
 )
+from .hub import model_card, push_to_hub
 from .official import load_official
 from .pretrained import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     build_from_config,
     from_pretrained,
+    hub_pretrained_cfg,
     load_weights,
     model_config,
     read_config,
+    restore_data_config,
     save_pretrained,
 )
 from .state_dict import load_state_dict_checked, read_weights
@@ -37,12 +40,16 @@ __all__ = [
     "commit",
     "failure_cause",
     "from_pretrained",
+    "hub_pretrained_cfg",
     "load_official",
     "load_state_dict_checked",
     "load_weights",
+    "model_card",
     "model_config",
+    "push_to_hub",
     "read_config",
     "read_weights",
+    "restore_data_config",
     "save_pretrained",
     "staging",
     "write_failure",
