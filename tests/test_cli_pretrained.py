@@ -240,8 +240,10 @@ def test_weights_files_that_do_not_fit_or_carry_code_are_refused(capsys, tmp_pat
         ([*compress, "--teacher-checkpoint", tmp_path / "evil.pth"], "weights-only"),
         ([*train, "--checkpoint", tmp_path / "deeper.pth"], "unexpected key(s), first: blocks.2."),
         ([*train, "--pretrained", "--checkpoint", tmp_path / "missing.pth"], "not found"),
-        (["compress", "--teacher", tmp_path, *compress[10:], "--teacher-checkpoint", tmp_path / "deeper.pth"],
-         "model name"),  # fmt: skip
+        (
+            ["compress", "--teacher", tmp_path, *compress[10:], "--teacher-checkpoint", tmp_path / "deeper.pth"],
+            "model name",
+        ),  # fmt: skip
         ([*train, "--aa", "rand-m9"], "add --augment"),
         ([*train, "--augment", "--aa", "bogus-policy"], "augmentation policy"),
         ([*train, "--augment", "--scale", "0.5"], "--scale"),
@@ -340,3 +342,22 @@ def test_demo_downloads_fashion_mnist_and_offline_says_it_falls_back(monkeypatch
     assert demo_data(None, lines.append) == "digits"
     assert len(lines) == 1 and "falling back to the built-in digits" in lines[0] and "MINIVIT_DATA" in lines[0]
     assert demo_data("digits", lines.append) == "digits" and len(lines) == 1
+
+
+def test_runs_recorded_before_data_configs_still_resume(capsys, tmp_path):
+    from minivit.train.state import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "old"
+    base = ["train", "--model", "vit_tiny_patch16_224", "--model-args", "img_size=8", "patch_size=4", "depth=1",
+            "embed_dim=16", "num_heads=2", "--data", "digits", "--train-limit", "64", "--val-limit", "32",
+            "--epochs", "1", "--no-progress", "--output", out]  # fmt: skip
+    assert cli(capsys, *base)[0] == 0
+    last = out / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    for key in ("data_config", "augmentation"):
+        del state["config"][key]  # as written before these were recorded
+    save_checkpoint(out / "checkpoints", state)
+    code, _, err = cli(capsys, *base, "--resume")
+    assert code == 0, err
+    code, _, err = cli(capsys, *base, "--resume", "--augment")
+    assert_one_line_error(code, err, "augment")

@@ -473,7 +473,10 @@ def _teacher_info(net: nn.Module, source: str, val, config: TrainConfig, data_co
     info = {"source": source, "depth": num_layers(net)}
     if main:
         info.update(describe(net, data_config.input_size))
-        info.update(evaluate(net, val, config.eval_batch_size or config.batch_size))
+        from torch.utils.data import DataLoader
+
+        batch = config.eval_batch_size or config.batch_size
+        info.update(evaluate(net, DataLoader(val, batch_size=batch, num_workers=config.num_workers)))
     return info
 
 
