@@ -115,16 +115,12 @@ def parse_model_args(items) -> dict:
 # --------------------------------------------------------------------------- models and data
 
 
-def load_model(
-    spec: str, model_args: dict | None = None, pretrained: bool = False, checkpoint=None, log=None
-) -> nn.Module:
+def load_model(spec: str, model_args: dict | None = None, pretrained: bool = False) -> nn.Module:
     """A model from a saved folder, a training checkpoint (``.pt``), a ``.safetensors`` file or a model name.
 
     A saved model gets the data config it records (:func:`~minivit.cli.sources.saved_data_config`); a
-    model name gets timm's pretrained weights (``pretrained``) or the user's ``checkpoint``."""
+    model name gets timm's data config (and, with ``pretrained``, timm's pretrained weights)."""
     path = Path(spec).expanduser()
-    if path.exists() and checkpoint is not None:
-        raise ConfigError(f"{spec} is a saved model; a weights file goes with a model name", "drop the weights file")
     if path.is_dir():
         _no_args(model_args, spec)
         net = from_pretrained(path)
@@ -138,8 +134,7 @@ def load_model(
         raise CheckpointError(
             f"model path not found: {spec}", "pass a saved model folder, a checkpoint or a model name"
         )
-    net = named_model(spec, model_args or {}, pretrained=pretrained and checkpoint is None)
-    return net if checkpoint is None else load_user_weights(net, checkpoint, log)
+    return named_model(spec, model_args or {}, pretrained=pretrained)
 
 
 def _from_training_checkpoint(path: Path) -> nn.Module:

@@ -159,7 +159,11 @@ def _argument(default, meta: dict) -> dict:
 def _with_default(text: str, default, required) -> str:
     if required or default is None:
         return text
-    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    shown = (
+        ",".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in default)
+        if isinstance(default, tuple)
+        else default
+    )
     return f"{text} (default {shown})"
 
 
