@@ -361,3 +361,17 @@ def test_runs_recorded_before_data_configs_still_resume(capsys, tmp_path):
     assert code == 0, err
     code, _, err = cli(capsys, *base, "--resume", "--augment")
     assert_one_line_error(code, err, "augment")
+
+
+def test_export_prints_the_preprocessing_the_model_records(capsys, tmp_path):
+    from minivit import save_pretrained
+    from minivit.zoo import create_model
+
+    model = create_model("vit_tiny_patch16_224", num_classes=3, **TINY_KW).eval()
+    extra = {"data_config": {"input_size": [3, 32, 32], "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5],
+                             "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center"}}  # fmt: skip
+    folder = save_pretrained(model, tmp_path / "m", extra=extra)
+    code, stdout, err = cli(capsys, "export", "--model", folder, "--format", "safetensors", "--output", tmp_path / "x")
+    assert code == 0, err
+    line = stdout.strip().splitlines()[-1]
+    assert "preprocessing" in line and "3x32x32 bicubic crop 0.9 mean 0.1,0.2,0.3 std 0.5,0.5,0.5" in line
