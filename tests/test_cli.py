@@ -302,7 +302,7 @@ def test_commands_receive_the_config_objects(capsys, monkeypatch):
 
 def test_no_abbreviated_options(capsys):
     train = ["train", "--model", "vit_small_patch16_224", "--data", "digits", "--output", "o"]
-    code, _, err = cli(capsys, *train, "--epochs", "1", "--checkpoint", "ckpt.pt")
+    code, _, err = cli(capsys, *train, "--epochs", "1", "--checkpoint-ev", "2")  # not --checkpoint-every
     assert_one_line_error(code, err, "unrecognized arguments: --checkpoint")
     code, _, err = cli(capsys, *train, "--epoch", "1")
     assert_one_line_error(code, err, "--epoch")

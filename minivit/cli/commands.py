@@ -1,8 +1,13 @@
 """What the ``minivit`` commands do, as plain Python functions (the CLI only parses arguments).
 
-* :func:`run_train`: train a model from scratch (a teacher or a baseline).
+* :func:`run_train`: train a model from scratch, or fine-tune pretrained weights (a teacher or a baseline).
 * :func:`run_compress`: multiplex a teacher into a student and distil it.
-* :func:`run_eval`: accuracy, size and latency of a saved model.
+* :func:`run_eval`: accuracy, size and latency of a saved model (and, optionally, its predictions).
+
+Preprocessing comes from the model, as in timm: a pretrained model, a teacher and every saved model
+take their own data config (:func:`~minivit.data.resolve_data_config`); a model trained from scratch
+takes the natural statistics of its data (:func:`~minivit.data.default_data_config`). A student
+inherits its teacher's, and every saved model records the one it was trained with.
 
 A run's output folder holds ``model.safetensors`` + ``config.json`` (:func:`minivit.save_pretrained`),
 ``metrics.jsonl``, ``checkpoints/`` and ``report.json``. Every input is checked before the folder
@@ -23,15 +28,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data import AugmentConfig, DataConfig, apply_data_config, resolve_data_config
 from ..distill.config import DistillConfig, as_distill_config
 from ..errors import CheckpointError, ConfigError, MinivitError
-from ..io import build_from_config, from_pretrained, model_config, save_pretrained
-from ..measure import count_parameters, latency_ms, size_mb
+from ..io import atomic_write, build_from_config, from_pretrained, model_config, read_config, save_pretrained
+from ..measure import count_parameters, infer_input_size, latency_ms, size_mb
 from ..spec import MultiplexSpec, as_spec
 from ..train.data import WithTeacherLogits
 from ..train.engine import TrainConfig, evaluate, fit, processes, say
-from ..train.state import LAST, atomic_write, load_checkpoint
+from ..train.state import LAST, load_checkpoint
 from ..zoo import create_model
+from .sources import load_user_weights, saved_data_config
 
 RUN_MARKERS = ("checkpoints", "report.json", "model.safetensors", "metrics.jsonl")
 # options that change how a run is executed, not what it computes: free to change on --resume
@@ -43,17 +50,28 @@ class RunOptions:
     """What a ``train`` or ``compress`` run takes besides its configs: which data, and how the output
     folder and the loop are handled."""
 
-    augment: bool = False  # light augmentation of the training images
+    augment: bool = False  # augment the training images (timm's train transform for folders)
     train_limit: int | None = None  # at most this many training images (class-balanced)
     val_limit: int | None = None  # at most this many validation images
     resume: bool = False  # continue the run in the output folder
     force: bool = False  # resume despite a changed configuration, or overwrite a run
     callbacks: Sequence = ()  # per-step callbacks of the loop
     log: Callable[[str], None] | None = say
+    augmentation: AugmentConfig | None = None  # what ``augment`` does (None: timm's defaults)
+
+    def train_augment(self) -> AugmentConfig | None:
+        """The training augmentation, or None when ``augment`` is off."""
+        return (self.augmentation or AugmentConfig()) if self.augment else None
 
     def record(self) -> dict:
         """The options that define a run's result (for its recorded configuration)."""
-        return {"augment": self.augment, "train_limit": self.train_limit, "val_limit": self.val_limit}
+        aug = self.train_augment()
+        return {
+            "augment": self.augment,
+            "augmentation": aug.to_dict() if aug is not None else None,
+            "train_limit": self.train_limit,
+            "val_limit": self.val_limit,
+        }
 
 
 def run_options(run: RunOptions | None, options: dict) -> RunOptions:
@@ -98,37 +116,51 @@ def parse_model_args(items) -> dict:
 
 
 def load_model(spec: str, model_args: dict | None = None, pretrained: bool = False) -> nn.Module:
-    """A model from a saved folder, a training checkpoint (``.pt``), a ``.safetensors`` file or a model name."""
+    """A model from a saved folder, a training checkpoint (``.pt``), a ``.safetensors`` file or a model name.
+
+    A saved model gets the data config it records (:func:`~minivit.cli.sources.saved_data_config`); a
+    model name gets timm's data config (and, with ``pretrained``, timm's pretrained weights)."""
     path = Path(spec).expanduser()
     if path.is_dir():
         _no_args(model_args, spec)
-        return from_pretrained(path)
+        net = from_pretrained(path)
+        return apply_data_config(net, saved_data_config(net, read_config(path)))
     if path.is_file():
         _no_args(model_args, spec)
         if path.suffix == ".safetensors":
-            return from_pretrained(path.parent)
-        state = load_checkpoint(path)
-        arch = state.get("config", {}).get("architecture")
-        if not isinstance(arch, dict):
-            raise CheckpointError(f"{path} does not say which architecture it holds", "pass the run's output folder")
-        model = build_from_config(arch)
-        weights = {k[6:]: v for k, v in state["objective"].items() if k.startswith("model.")}
-        from ..io import load_state_dict_checked
-
-        return load_state_dict_checked(model, weights, source=str(path)).eval()
+            return load_model(str(path.parent))
+        return _from_training_checkpoint(path)
     if os.sep in spec or spec.endswith((".pt", ".safetensors", ".json")):
         raise CheckpointError(
             f"model path not found: {spec}", "pass a saved model folder, a checkpoint or a model name"
         )
+    return named_model(spec, model_args or {}, pretrained=pretrained)
+
+
+def _from_training_checkpoint(path: Path) -> nn.Module:
+    state = load_checkpoint(path)
+    arch = state.get("config", {}).get("architecture")
+    if not isinstance(arch, dict):
+        raise CheckpointError(f"{path} does not say which architecture it holds", "pass the run's output folder")
+    model = build_from_config(arch)
+    weights = {k[6:]: v for k, v in state["objective"].items() if k.startswith("model.")}
+    from ..io import load_state_dict_checked
+
+    load_state_dict_checked(model, weights, source=str(path)).eval()
+    return apply_data_config(model, saved_data_config(model, state.get("config")))
+
+
+def named_model(name: str, args: dict, pretrained: bool = False) -> nn.Module:
+    """``create_model(name, pretrained=..., **args)`` with one clear line when the weights cannot be had."""
     try:
-        return create_model(spec, pretrained=pretrained, **(model_args or {}))
+        return create_model(name, pretrained=pretrained, **args)
     except MinivitError:
         raise
     except Exception as e:  # downloads: no network, missing weights
         why = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(
-            f"cannot load pretrained weights for {spec!r}: {type(e).__name__}: {why}",
-            "pass a local model folder (minivit train --output DIR) instead",
+            f"cannot load pretrained weights for {name!r}: {type(e).__name__}: {why}",
+            "pass your own weights file (--checkpoint / --teacher-checkpoint) or a local model folder",
         ) from None
 
 
@@ -137,32 +169,30 @@ def _no_args(model_args, spec):
         raise ConfigError(f"--model-args cannot change the saved model {spec}", "drop --model-args")
 
 
-def input_spec(model: nn.Module) -> tuple[tuple[int, int], int]:
-    """``((height, width), in_chans)`` the model expects."""
-    pe = getattr(model, "patch_embed", None)
-    if pe is not None and getattr(pe, "img_size", None) is not None:
-        return tuple(pe.img_size), pe.proj.in_channels
-    size = getattr(model, "pretrained_cfg", {}).get("input_size")
-    if size:
-        return tuple(size[1:]), size[0]
-    raise ConfigError(f"cannot tell the input size of {type(model).__name__}", "use a ViT/DeiT/Swin model")
-
-
 def native_channels(data: str) -> int:
     """Default input channels: 1 for the built-in grey datasets, 3 for image folders."""
-    from ..data import BUILTIN_DATASETS, fashion_mnist
+    from ..data import dataset_kind
 
-    key = str(data).strip().lower().replace("_", "-")
-    if os.sep not in str(data) and key in (*BUILTIN_DATASETS, "fmnist", "fashionmnist"):
-        return 1
-    return 1 if Path(data).is_dir() and fashion_mnist.has_fashion_mnist(Path(data)) else 3
+    return 3 if dataset_kind(data) == "folder" else 1
 
 
-def load_data(data: str, img_size, in_chans: int, augment: bool = False, train_limit=None, val_limit=None):
+def training_data_config(net: nn.Module, data: str, pretrained: bool) -> DataConfig:
+    """The preprocessing to train ``net`` with: its own (pretrained weights, a teacher) or, from scratch,
+    the natural statistics of ``data`` at the model's input size."""
+    from ..data import dataset_kind, default_data_config
+
+    if pretrained:
+        return resolve_data_config(net)
+    return default_data_config(dataset_kind(data), infer_input_size(net)[1:])
+
+
+def load_data(data: str, data_config: DataConfig, augment: AugmentConfig | None = None, train_limit=None,
+              val_limit=None):  # fmt: skip
+    """Train and val datasets preprocessed as ``data_config`` says (``augment``: the train split's augmentation)."""
     from ..data import build_dataset
 
-    train = build_dataset(data, "train", img_size, in_chans, train_augment=augment, limit=train_limit)
-    val = build_dataset(data, "val", img_size, in_chans, limit=val_limit)
+    train = build_dataset(data, "train", data_config=data_config, augment=augment, limit=train_limit)
+    val = build_dataset(data, "val", data_config=data_config, limit=val_limit)
     if len(train) == 0 or len(val) == 0:
         raise ConfigError(f"dataset {data!r} has an empty {'train' if len(train) == 0 else 'val'} split")
     return train, val
@@ -204,11 +234,13 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def describe(model: nn.Module, img_size, in_chans: int) -> dict:
+def describe(model: nn.Module, input_size=None, latency_runs: int = 30) -> dict:
+    """Distinct parameters, MB and single-image latency at ``input_size`` ``(C, H, W)`` (default the model's)."""
+    shape = (1, *input_size) if input_size is not None else infer_input_size(model)
     return {
         "params": count_parameters(model),
         "size_mb": round(size_mb(model), 3),
-        "latency_ms": round(latency_ms(model, (1, in_chans, *img_size)), 3),
+        "latency_ms": round(latency_ms(model, shape, runs=latency_runs), 3),
     }
 
 
@@ -224,25 +256,37 @@ def compress_defaults() -> dict:
     return run_config(TrainConfig(), **MultiplexSpec().to_dict(), **DistillConfig().record())
 
 
-def _loop_options(run: RunOptions) -> dict:
-    return dict(resume=run.resume, force=run.force, callbacks=run.callbacks, log=run.log)
+def _loop_options(run: RunOptions, data_config: DataConfig, defaults: dict | None = None) -> dict:
+    """The loop's options; a run folder written before data configs were recorded is taken to have used
+    the legacy squash (and, with ``--augment``, the default augmentation)."""
+    from ..data import legacy_data_config
+
+    legacy = {
+        "data_config": legacy_data_config(data_config.img_size, data_config.in_chans).to_json(),
+        "augmentation": AugmentConfig().to_dict() if run.augment else None,
+    }
+    return dict(
+        resume=run.resume, force=run.force, callbacks=run.callbacks, log=run.log,
+        config_defaults={**(defaults or {}), **legacy},
+    )  # fmt: skip
 
 
 def _label_smoothing(config: TrainConfig) -> float:
     return 0.0 if (config.mixup or config.cutmix) else config.label_smoothing  # Mixup smooths its own targets
 
 
-def _finish(model, out: Path, result: dict, report: dict, img_size, in_chans, main: bool) -> dict:
+def _finish(model, out: Path, result: dict, report: dict, data_config: DataConfig, main: bool) -> dict:
     final = result["final"]
+    apply_data_config(model, data_config)
     report.update(
-        model=describe(model, img_size, in_chans) if main else {},
+        model=describe(model, data_config.input_size) if main else {},
         val={"top1": final["val_top1"], "top5": final["val_top5"], "loss": final["val_loss"]},
         best_top1=result["best_top1"],
         epochs=final["epoch"],
         train_time_s=round(sum(r["epoch_time_s"] for r in result["history"]), 2),
     )
     if main:
-        save_pretrained(model, out)
+        save_pretrained(model, out, extra={"data_config": data_config.to_json()})
         write_json(out / "report.json", report)
     return report
 
@@ -257,50 +301,59 @@ def run_train(
     config: TrainConfig,
     model_args: dict | None = None,
     run: RunOptions | None = None,
+    *,
+    pretrained: bool = False,
+    checkpoint=None,
     **options,
 ) -> dict:
-    """Train ``model`` (a name plus ``model_args``) from scratch on ``data``; returns the report.
+    """Train ``model`` (a name plus ``model_args``) on ``data``; returns the report.
 
-    ``options`` override fields of ``run`` (``resume=True``, ``train_limit=1000``, ...)."""
+    From scratch by default. ``pretrained``: fine-tune timm's pretrained weights; ``checkpoint``: fine-tune
+    the weights in this file instead (``.safetensors``, ``.pth``/``.pt``). Either way the head is sized to
+    the data's classes and the model's own data config is used. ``options`` override fields of ``run``
+    (``resume=True``, ``train_limit=1000``, ...)."""
     run = run_options(run, options)
     if options:
         raise TypeError(f"run_train() got unexpected keyword argument(s) {', '.join(sorted(options))}")
     config.check()
+    finetune = pretrained or checkpoint is not None
     args = dict(model_args or {})
-    in_chans = args.setdefault("in_chans", native_channels(data))
+    if not finetune:
+        args.setdefault("in_chans", native_channels(data))
     torch.manual_seed(config.seed)
     net = _build_named(model, args)
-    img_size, in_chans = input_spec(net)
-    train, val = load_data(data, img_size, in_chans, run.augment, run.train_limit, run.val_limit)
-    if "num_classes" not in args:
-        args["num_classes"] = train.num_classes
+    data_config = training_data_config(net, data, finetune)
+    train, val = load_data(data, data_config, run.train_augment(), run.train_limit, run.val_limit)
+    if "num_classes" not in args or finetune:
+        args.setdefault("num_classes", train.num_classes)
         torch.manual_seed(config.seed)
-        net = _build_named(model, args)
+        net = _build_named(model, args, pretrained=pretrained and checkpoint is None)
+        if checkpoint is not None:
+            load_user_weights(net, checkpoint, run.log)
     check_classes(net, train)
     out = check_output(output, run.resume, run.force)
 
     from ..distill.objective import SupervisedObjective
 
     objective = SupervisedObjective(net, label_smoothing=_label_smoothing(config))
+    source = {"pretrained": pretrained, "checkpoint": None if checkpoint is None else str(checkpoint)}
+    source = source if finetune else {}
     rc = run_config(
-        config,
-        command="train",
-        model=model,
-        model_args=args,
-        architecture=model_config(net),
-        data=str(data),
-        **run.record(),
-    )
-    result = fit(objective, train, val, config, out, run_config=rc, **_loop_options(run))
+        config, command="train", model=model, model_args=args, architecture=model_config(net), data=str(data),
+        data_config=data_config.to_json(), **source, **run.record(),
+    )  # fmt: skip
+    result = fit(objective, train, val, config, out, run_config=rc, **_loop_options(run, data_config))
     report = {"command": "train", "model_name": model, "data": str(data), "classes": train.classes, "config": rc}
-    return _finish(net, out, result, report, img_size, in_chans, processes().is_main_process)
+    return _finish(net, out, result, report, data_config, processes().is_main_process)
 
 
-def _build_named(name: str, args: dict) -> nn.Module:
+def _build_named(name: str, args: dict, pretrained: bool = False) -> nn.Module:
     path = Path(name).expanduser()
     if path.exists():
-        raise ConfigError(f"--model {name} is a path", "minivit train takes a model name; to fine-tune, use compress")
-    return create_model(name, **args)
+        raise ConfigError(
+            f"--model {name} is a path", "minivit train takes a model name (with --checkpoint FILE for your weights)"
+        )
+    return named_model(name, args, pretrained=pretrained)
 
 
 def compress_configs(spec=None, distill=None, **options) -> tuple[MultiplexSpec, DistillConfig]:
@@ -328,11 +381,16 @@ def run_compress(
     distill: DistillConfig | None = None,
     teacher_args: dict | None = None,
     run: RunOptions | None = None,
+    teacher_checkpoint=None,
     **options,
 ) -> dict:
     """Multiplex ``teacher`` as ``spec`` says (``share="all"``: one shared block), distil it as ``distill``
-    says, train as ``config`` says; returns the report. ``options`` override fields of ``run``, ``spec``
-    and ``distill`` (``resume=True``, ``share=4``, ``beta=0``; see :func:`compress_configs`)."""
+    says, train as ``config`` says; returns the report. ``teacher_checkpoint``: the weights of a teacher given
+    by name (else timm's pretrained ones). ``options`` override fields of ``run``, ``spec`` and ``distill``
+    (``resume=True``, ``share=4``, ``beta=0``; see :func:`compress_configs`).
+
+    The teacher is evaluated on the validation split first (``teacher_top1`` in the report), with the
+    preprocessing the student inherits from it."""
     from ..distill.cache import check_cacheable
     from ..distill.objective import DistillationObjective
     from ..multiplex import multiplex
@@ -341,61 +399,94 @@ def run_compress(
     run = run_options(run, options)
     spec, distill = compress_configs(spec, distill, **options)
     check_cacheable(distill, augmented=bool(run.augment or config.mixup or config.cutmix))
-    net = load_model(teacher, teacher_args, pretrained=True).eval()
-    img_size, in_chans = input_spec(net)
-    train, val = load_data(data, img_size, in_chans, run.augment, run.train_limit, run.val_limit)
-    check_classes(net, train, "teacher")
+    net, data_config, train, val = _teacher_and_data(teacher, teacher_args, teacher_checkpoint, data, run)
     torch.manual_seed(config.seed)
-    student = multiplex(net, spec)
+    student = apply_data_config(multiplex(net, spec), data_config)
     objective = DistillationObjective(student, net, distill, label_smoothing=_label_smoothing(config))
     out = check_output(output, run.resume, run.force)
+    weights = {} if teacher_checkpoint is None else {"teacher_checkpoint": str(teacher_checkpoint)}
     rc = run_config(
-        config,
-        command="compress",
-        teacher=str(teacher),
-        architecture=model_config(student),
-        data=str(data),
-        **spec.to_dict(),
-        **distill.record(),
-        layer_pairs=objective.pairs,
-        **run.record(),
-    )
+        config, command="compress", teacher=str(teacher), **weights, architecture=model_config(student),
+        data=str(data), data_config=data_config.to_json(), **spec.to_dict(), **distill.record(),
+        layer_pairs=objective.pairs, **run.record(),
+    )  # fmt: skip
     main = processes().is_main_process
     t0 = time.perf_counter()
-    info = _teacher_info(net, str(teacher), val, config, (img_size, in_chans), main)
+    info = _teacher_info(net, str(teacher), val, config, data_config, main)
     if main and run.log is not None:
         run.log(
-            f"teacher: {info['params']:,} params, val top-1 {info['top1']:.2f}; "
+            f"teacher: {info['params']:,} params, val top-1 {info['top1']:.2f} (before distilling); "
             f"student (share {spec.share}): {count_parameters(student):,} params, "
             f"{len(objective.pairs)} layer pair(s) {objective.pairs}"
         )
     train_set = _with_cached_logits(net, train, rc, out, main) if distill.cache_teacher_logits else train
     try:
-        loop = dict(run_config=rc, config_defaults=compress_defaults(), **_loop_options(run))
-        result = fit(objective, train_set, val, config, out, **loop)
+        loop = _loop_options(run, data_config, compress_defaults())
+        result = fit(objective, train_set, val, config, out, run_config=rc, **loop)
     finally:
         objective.remove_hooks()
     report = {"command": "compress", "data": str(data), "classes": train.classes, "config": rc, "teacher": info}
-    report = _finish(student, out, result, report, img_size, in_chans, main)
+    report = _finish(student, out, result, report, data_config, main)
     if main:
+        report["teacher_top1"] = info["top1"]
         report["compression"] = {
             "params_ratio": round(info["params"] / report["model"]["params"], 3),
             "top1_drop": round(info["top1"] - report["val"]["top1"], 3),
         }
         report["setup_time_s"] = round(time.perf_counter() - t0 - report["train_time_s"], 2)
         write_json(out / "report.json", report)
+        if run.log is not None:
+            run.log("\n" + comparison_table(report))
     return report
 
 
-def _teacher_info(net: nn.Module, source: str, val, config: TrainConfig, input_shape, main: bool) -> dict:
+def _teacher_and_data(teacher: str, teacher_args, checkpoint, data: str, run: RunOptions):
+    """The teacher (eval mode, with its data config), the config, and the train/val sets preprocessed as it wants.
+
+    A teacher given by name with a ``checkpoint`` gets a head for the data's classes (unless
+    ``teacher_args`` say otherwise) and the checkpoint's weights."""
+    if checkpoint is not None and Path(teacher).expanduser().exists():
+        raise ConfigError(
+            f"--teacher {teacher} is a saved model; --teacher-checkpoint goes with a model name",
+            "drop --teacher-checkpoint, or give --teacher NAME (e.g. deit_tiny_patch16_224)",
+        )
+    net = load_model(teacher, teacher_args, pretrained=checkpoint is None)
+    data_config = resolve_data_config(net)
+    train, val = load_data(data, data_config, run.train_augment(), run.train_limit, run.val_limit)
+    if checkpoint is not None:
+        args = {"num_classes": train.num_classes, **(teacher_args or {})}
+        net = apply_data_config(named_model(teacher, args), data_config)
+        load_user_weights(net, checkpoint, run.log, what="--teacher-checkpoint")
+    check_classes(net, train, "teacher")
+    return net.eval(), data_config, train, val
+
+
+def _teacher_info(net: nn.Module, source: str, val, config: TrainConfig, data_config: DataConfig, main: bool) -> dict:
     """The teacher's source, depth and (main process) size, latency and validation accuracy."""
     from ..distill.hooks import num_layers
 
     info = {"source": source, "depth": num_layers(net)}
     if main:
-        info.update(describe(net, *input_shape))
-        info.update(evaluate(net, val, config.eval_batch_size or config.batch_size))
+        info.update(describe(net, data_config.input_size))
+        from torch.utils.data import DataLoader
+
+        batch = config.eval_batch_size or config.batch_size
+        info.update(evaluate(net, DataLoader(val, batch_size=batch, num_workers=config.num_workers)))
     return info
+
+
+def comparison_table(report: dict) -> str:
+    """Teacher and student side by side (a ``compress`` report): params, MB, top-1/top-5, latency."""
+    t, s = report["teacher"], report["model"]
+    share = report["config"].get("share")
+    rows = [
+        ("teacher", t["params"], t["size_mb"], t["top1"], t["top5"], t["latency_ms"]),
+        (f"student (share {share})", s["params"], s["size_mb"], report["val"]["top1"], report["val"]["top5"],
+         s["latency_ms"]),
+    ]  # fmt: skip
+    lines = ["| model | params | MB | val top-1 | val top-5 | latency (ms/img) |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {n} | {p:,} | {mb:.2f} | {a:.2f} | {b:.2f} | {ms:.2f} |" for n, p, mb, a, b, ms in rows]
+    return "\n".join(lines)
 
 
 def _with_cached_logits(net: nn.Module, train, rc: dict, out: Path, main: bool) -> WithTeacherLogits:
@@ -409,53 +500,88 @@ def _with_cached_logits(net: nn.Module, train, rc: dict, out: Path, main: bool) 
 
 
 def run_eval(
-    model: str, data: str, batch_size: int = 256, val_limit: int | None = None, latency_runs: int = 30
+    model: str,
+    data: str,
+    batch_size: int = 256,
+    val_limit: int | None = None,
+    latency_runs: int = 30,
+    *,
+    predictions=None,
+    num_workers: int = 0,
 ) -> dict:
-    """Top-1/top-5 on the validation split, unique parameters, MB and single-image latency."""
-    net = load_model(model, pretrained=True).eval()
-    img_size, in_chans = input_spec(net)
-    from ..data import build_dataset
+    """Top-1/top-5 on the validation split, unique parameters, MB and single-image latency.
 
-    val = build_dataset(data, "val", img_size, in_chans, limit=val_limit)
+    Images are preprocessed as the model's data config says. ``predictions``: also write a CSV with one
+    row per validation image (``path,label,pred,pred_name,prob``)."""
+    from ..data import build_dataset, prediction_rows, write_predictions
+
+    net = load_model(model, pretrained=True).eval()
+    data_config = resolve_data_config(net)
+    val = build_dataset(data, "val", data_config=data_config, limit=val_limit)
     if len(val) == 0:
         raise ConfigError(f"dataset {data!r} has an empty val split")
     check_classes(net, val)
-    metrics = evaluate(net, val, batch_size)
+    logits, targets = predict(net, val, batch_size, num_workers)
+    if predictions is not None:
+        write_predictions(predictions, prediction_rows(val, logits))
     return {
         "model": str(model),
         "data": str(data),
         "samples": len(val),
-        "top1": metrics["top1"],
-        "top5": metrics["top5"],
-        "loss": metrics["loss"],
-        "params": count_parameters(net),
-        "size_mb": round(size_mb(net), 3),
-        "latency_ms": round(latency_ms(net, (1, in_chans, *img_size), runs=latency_runs), 3),
-        "img_size": list(img_size),
-        "in_chans": in_chans,
+        **accuracy(logits, targets),
+        **describe(net, data_config.input_size, latency_runs),
+        "img_size": list(data_config.img_size),
+        "in_chans": data_config.in_chans,
+        "data_config": data_config.to_json(),
+        **({"predictions": str(predictions)} if predictions is not None else {}),
+    }
+
+
+@torch.no_grad()
+def predict(net: nn.Module, dataset, batch_size: int = 256, num_workers: int = 0):
+    """``(logits [N, classes], targets [N])`` of ``net`` on ``dataset``, in the dataset's order."""
+    from torch.utils.data import DataLoader
+
+    device = next(net.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    logits, targets = [], []
+    for batch in loader:
+        logits.append(net(batch[0].to(device)).float().cpu())
+        targets.append(batch[1])
+    return torch.cat(logits), torch.cat(targets)
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> dict:
+    """Top-1/top-5 (%) and mean cross-entropy, as :func:`~minivit.train.engine.evaluate` reports them."""
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
+    n = max(len(targets), 1)
+    return {
+        "top1": 100.0 * top[:, 0].sum().item() / n,
+        "top5": 100.0 * top.any(dim=1).sum().item() / n,
+        "loss": torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item() / n,
     }
 
 
 def run_analyze(teacher: str, student: str, data: str, output, batches: int = 10, batch_size: int = 128) -> str:
-    """``minivit analyze``: per-layer CKA plots and a size/speed table; returns a short summary."""
+    """``minivit analyze``: per-layer CKA plots and a size/speed table; returns a short summary.
+
+    Both models see the same images, preprocessed as their (identical) data configs say."""
     from torch.utils.data import DataLoader
 
     from ..analysis.compare import analyze
+    from ..data import build_dataset
 
     t = load_model(teacher, pretrained=True).eval()
     s = load_model(student, pretrained=True).eval()
-    (img_t, ch_t), (img_s, ch_s) = input_spec(t), input_spec(s)
-    if (img_t, ch_t) != (img_s, ch_s):
+    cfg_t, cfg_s = resolve_data_config(t), resolve_data_config(s)
+    if cfg_t != cfg_s:
         raise ConfigError(
-            f"teacher input {ch_t}x{img_t} differs from student input {ch_s}x{img_s}",
-            "compare models that take the same images",
+            f"the teacher and the student expect different images ({_brief(cfg_t)} vs {_brief(cfg_s)})",
+            "compare a student with the teacher it was compressed from",
         )
-    from ..data import build_dataset
-
-    val = build_dataset(data, "val", img_t, ch_t, limit=batches * batch_size)
+    val = build_dataset(data, "val", data_config=cfg_t, limit=batches * batch_size)
     loader = DataLoader(val, batch_size=batch_size)
-    shape = (1, ch_t, *img_t)
-    summary = analyze(t, s, loader, output, shape, max_batches=batches, names=("teacher", "student"))
+    summary = analyze(t, s, loader, output, (1, *cfg_t.input_size), max_batches=batches, names=("teacher", "student"))
     rows = summary["table"]
     cka = summary["cka_per_layer"]
     return (
@@ -465,15 +591,35 @@ def run_analyze(teacher: str, student: str, data: str, output, batches: int = 10
     )
 
 
+def _brief(cfg: DataConfig) -> str:
+    c, h, w = cfg.input_size
+    mean = ",".join(f"{v:.3g}" for v in cfg.mean)
+    return f"{c}x{h}x{w} {cfg.interpolation} crop {cfg.crop_pct:g} mean {mean}"
+
+
+def describe_data_config(cfg: DataConfig) -> str:
+    """One line for the user: what images the model takes."""
+    std = ",".join(f"{v:.3g}" for v in cfg.std)
+    return f"{_brief(cfg)} std {std} ({cfg.crop_mode})"
+
+
 __all__ = [
     "LAST",
     "RunOptions",
+    "accuracy",
+    "comparison_table",
     "compress_configs",
     "compress_defaults",
+    "describe_data_config",
+    "load_data",
     "load_model",
+    "named_model",
     "parse_model_args",
     "parse_value",
+    "predict",
+    "run_analyze",
     "run_compress",
     "run_eval",
     "run_train",
+    "training_data_config",
 ]

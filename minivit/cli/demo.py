@@ -1,6 +1,7 @@
 """``minivit demo``: train a small ViT teacher, compress it twice, compare. A few minutes on 2 CPU cores.
 
-1. ``teacher/``: a 4-block ViT trained from scratch on Fashion-MNIST (found locally) or digits;
+1. ``teacher/``: a 4-block ViT trained from scratch on Fashion-MNIST (found locally, or downloaded once,
+   checksummed, into the cache) or, offline, scikit-learn's digits;
 2. ``share2/``: the teacher multiplexed at share 2 (half the block weights), distilled from it;
 3. ``single/``: one shared block for all layers, distilled from it;
 4. ``demo.md`` / ``demo.json``: parameters, MB, top-1 and single-image latency of the three.
@@ -67,11 +68,17 @@ def table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def run_demo(output="runs/demo", data: str | None = None, resume: bool = False, progress: bool = True, log=say):
-    from ..data import default_dataset
+def demo_data(data: str | None = None, log=say) -> str:
+    """The demo's dataset: ``data`` if given, else Fashion-MNIST (downloaded when missing); offline, digits,
+    after one line saying so and how to get the real data."""
+    from ..data import fetch_fashion_mnist
 
+    return data or ("fashion-mnist" if fetch_fashion_mnist(log=log) else "digits")
+
+
+def run_demo(output="runs/demo", data: str | None = None, resume: bool = False, progress: bool = True, log=say):
     start = time.perf_counter()
-    data = data or default_dataset()
+    data = demo_data(data, log)
     key = "fashion-mnist" if "fashion" in str(data).lower() or "fmnist" in str(data).lower() else "digits"
     s = SETTINGS[key] if str(data) in ("fashion-mnist", "digits") else SETTINGS["fashion-mnist"]
     out = Path(output).expanduser()
@@ -109,4 +116,4 @@ def run_demo(output="runs/demo", data: str | None = None, resume: bool = False, 
     return {"rows": rows, "time_s": elapsed, "data": str(data)}
 
 
-__all__ = ["SETTINGS", "run_demo", "table"]
+__all__ = ["SETTINGS", "demo_data", "run_demo", "table"]

@@ -20,14 +20,16 @@ import sys
 import traceback
 
 from ..errors import MinivitError
-from .options import add_options, from_args, positive_int
+from .options import add_options, from_args, int_at_least, positive_int
 
 EXAMPLES = {
     "train": "minivit train --model vit_small_patch16_224 --model-args img_size=28 patch_size=4 depth=4 "
-    "embed_dim=64 num_heads=4 --data fashion-mnist --epochs 5 --output runs/teacher",
+    "embed_dim=64 num_heads=4 --data fashion-mnist --epochs 5 --output runs/teacher; fine-tuning: "
+    "minivit train --model deit_tiny_patch16_224 --pretrained --data path/to/folder --epochs 10 --augment "
+    "--aa rand-m9-mstd0.5-inc1 --reprob 0.25 --output runs/deit",
     "compress": "minivit compress --teacher runs/teacher --share 2 --data fashion-mnist --epochs 3 "
     "--output runs/share2",
-    "eval": "minivit eval --model runs/share2 --data fashion-mnist",
+    "eval": "minivit eval --model runs/share2 --data fashion-mnist --predictions runs/share2/predictions.csv",
     "demo": "minivit demo --output runs/demo",
     "export": "minivit export --model runs/share2 --format onnx --int8",
     "analyze": "minivit analyze --teacher runs/teacher --student runs/share2 --data fashion-mnist "
@@ -60,11 +62,18 @@ def _debug_option(p, default=argparse.SUPPRESS) -> None:
 
 
 def _data_options(p) -> None:
+    from ..data import AugmentConfig
+
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="built-in name (fashion-mnist, digits) or folder with train/ and val/")
-    g.add_argument("--augment", action="store_true", help="light augmentation (random flip and shift)")
+    g.add_argument(
+        "--augment", action="store_true",
+        help="augment the training images: timm's train transform for folders (random resized crop, flip, "
+        "--aa or colour jitter, random erasing); a random flip and shift (+ random erasing) for fashion-mnist",
+    )  # fmt: skip
     g.add_argument("--train-limit", type=positive_int, help="use at most N training images (class-balanced)")
     g.add_argument("--val-limit", type=positive_int, help="use at most N validation images (class-balanced)")
+    add_options(p, AugmentConfig, "augmentation (with --augment; timm's train.py flags and defaults)")
 
 
 def _training_options(p) -> None:
@@ -87,9 +96,10 @@ def _output_options(p) -> None:
 # name: (one-line help, description); the example is EXAMPLES[name]
 COMMANDS = {
     "train": (
-        "train a model from scratch (a teacher or a baseline)",
-        "Train a timm/minivit model from scratch. num_classes and in_chans come from the data unless given in "
-        "--model-args.",
+        "train a model from scratch or fine-tune pretrained weights (a teacher or a baseline)",
+        "Train a timm/minivit model from scratch (num_classes and in_chans come from the data unless given in "
+        "--model-args), or fine-tune timm's pretrained weights (--pretrained) or your own (--checkpoint FILE). "
+        "Preprocessing comes from the model, as in timm; the saved model records it.",
     ),
     "compress": (
         "multiplex a teacher into a smaller student and distil it",
@@ -98,11 +108,12 @@ COMMANDS = {
     ),
     "eval": (
         "accuracy, size and latency of a model",
-        "Top-1/top-5 on the validation split, parameters, MB and single-image latency.",
+        "Top-1/top-5 on the validation split (preprocessed as the model records), parameters, MB and "
+        "single-image latency; --predictions writes one CSV row per image.",
     ),
     "demo": (
         "the whole story on a small dataset, in a few minutes on a laptop CPU",
-        "Train a small ViT teacher on Fashion-MNIST (when found locally, else scikit-learn digits), compress it "
+        "Train a small ViT teacher on Fashion-MNIST (downloaded once; offline: scikit-learn digits), compress it "
         "at share 2 and to a single shared block, evaluate and tabulate params, MB, top-1, latency.",
     ),
     "export": (
@@ -133,6 +144,15 @@ def _train_arguments(p) -> None:
         "--model", required=True, help="model name, e.g. vit_small_patch16_224 or mini_deit_tiny_patch16_224"
     )
     p.add_argument("--model-args", nargs="*", default=[], metavar="KEY=VALUE", help="model keyword arguments")
+    p.add_argument(
+        "--pretrained", action="store_true",
+        help="fine-tune timm's pretrained weights (downloaded; the head is sized to the data's classes, and the "
+        "model's own preprocessing is used)",
+    )  # fmt: skip
+    p.add_argument(
+        "--checkpoint", metavar="FILE",
+        help="fine-tune your own weights instead: .safetensors, or .pth/.pt (read with weights_only=True)",
+    )  # fmt: skip
 
 
 def _compress_arguments(p) -> None:
@@ -141,6 +161,11 @@ def _compress_arguments(p) -> None:
 
     p.add_argument("--teacher", required=True, help="run folder, checkpoint (.pt) or timm model name")
     p.add_argument("--teacher-args", nargs="*", default=[], metavar="KEY=VALUE", help="for a teacher given by name")
+    p.add_argument(
+        "--teacher-checkpoint", metavar="FILE",
+        help="the weights of a teacher given by name (.safetensors, or .pth/.pt read with weights_only=True); "
+        "default: timm's pretrained weights",
+    )  # fmt: skip
     add_options(p, MultiplexSpec, "multiplexing")
     add_options(p, DistillConfig, "distillation")
 
@@ -150,12 +175,20 @@ def _eval_arguments(p) -> None:
     p.add_argument("--data", required=True, help="built-in name or folder with val/")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--val-limit", type=positive_int)
+    p.add_argument("--num-workers", type=int_at_least(0), default=0, metavar="N", help="data loader worker processes")
+    p.add_argument(
+        "--predictions", metavar="FILE.csv",
+        help="write one row per validation image: path, label, pred (class index), pred_name, prob",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _demo_arguments(p) -> None:
     p.add_argument("--output", default="runs/demo", help="where the runs and the table go (default runs/demo)")
-    p.add_argument("--data", default=None, help="dataset (default: fashion-mnist if found locally, else digits)")
+    p.add_argument(
+        "--data", default=None,
+        help="dataset (default: fashion-mnist, downloaded once into the cache; offline: digits)",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo instead of starting over")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -232,6 +265,18 @@ def _print_main(report: dict) -> None:
         print(_summary(report), flush=True)
 
 
+def _augmentation(a):
+    """The augmentation options; tuning them without ``--augment`` is a mistake."""
+    from ..data import AugmentConfig
+    from ..errors import ConfigError
+
+    aug = from_args(AugmentConfig, a)
+    changed = [f"--{k.replace('_', '-')}" for k, v in aug.to_dict().items() if v != AugmentConfig().to_dict()[k]]
+    if changed and not a.augment:
+        raise ConfigError(f"{', '.join(changed)} tune(s) the training augmentation, which is off", "add --augment")
+    return aug
+
+
 def _run_options(a):
     """What ``train`` and ``compress`` take besides their configs: data subset, output folder handling."""
     from .commands import RunOptions
@@ -243,7 +288,8 @@ def _run_options(a):
         from ..analysis.grad_norms import GradNormLogger
 
         callbacks.append(GradNormLogger(Path(a.output) / "grad_norms.jsonl", a.log_grad_norms))
-    return RunOptions(a.augment, a.train_limit, a.val_limit, a.resume, a.force, callbacks)
+    aug = _augmentation(a)
+    return RunOptions(a.augment, a.train_limit, a.val_limit, a.resume, a.force, callbacks, augmentation=aug)
 
 
 def _train(a) -> None:
@@ -252,7 +298,10 @@ def _train(a) -> None:
 
     config = from_args(TrainConfig, a)
     model_args = commands.parse_model_args(a.model_args)
-    _print_main(commands.run_train(a.model, a.data, a.output, config, model_args, _run_options(a)))
+    report = commands.run_train(
+        a.model, a.data, a.output, config, model_args, _run_options(a), pretrained=a.pretrained, checkpoint=a.checkpoint
+    )
+    _print_main(report)
 
 
 def _compress(a) -> None:
@@ -270,6 +319,7 @@ def _compress(a) -> None:
         distill=from_args(DistillConfig, a),
         teacher_args=commands.parse_model_args(a.teacher_args),
         run=_run_options(a),
+        teacher_checkpoint=a.teacher_checkpoint,
     )
     _print_main(report)
 
@@ -277,7 +327,9 @@ def _compress(a) -> None:
 def _eval(a) -> None:
     from . import commands
 
-    r = commands.run_eval(a.model, a.data, a.batch_size, a.val_limit)
+    r = commands.run_eval(
+        a.model, a.data, a.batch_size, a.val_limit, predictions=a.predictions, num_workers=a.num_workers
+    )
     if a.json:
         print(json.dumps(r, indent=2))
     else:
@@ -285,6 +337,8 @@ def _eval(a) -> None:
             f"{r['model']} on {r['data']} ({r['samples']} images): top-1 {r['top1']:.2f}  top-5 {r['top5']:.2f}  "
             f"{r['params']:,} params  {r['size_mb']:.2f} MB  {r['latency_ms']:.2f} ms/img"
         )
+        if a.predictions:
+            print(f"wrote {r['predictions']}")
 
 
 def _demo(a) -> None:
@@ -294,9 +348,14 @@ def _demo(a) -> None:
 
 
 def _export(a) -> None:
+    from ..data import resolve_data_config
     from ..export import export_from_args, format_summary
+    from . import commands
 
-    print(format_summary(export_from_args(a)))
+    summary = export_from_args(a)
+    print(format_summary(summary))
+    data_config = resolve_data_config(commands.load_model(a.model))
+    print(f"  preprocessing (apply before the exported model): {commands.describe_data_config(data_config)}")
 
 
 def _analyze(a) -> None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
+from ..data import AugmentConfig
+from ..data.config import INTERPOLATIONS
 from ..spec import FIELD_HELP, INITS, TRANSFORM_INITS, MultiplexSpec
 
 
@@ -62,6 +64,39 @@ SPEC_OPTIONS = {
 }
 
 
+def float_pair(text: str) -> tuple[float, float]:
+    """``"0.08,1"`` -> ``(0.08, 1.0)``."""
+    try:
+        values = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers LOW,HIGH, got {text!r}") from None
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected two numbers LOW,HIGH, got {text!r}")
+    return values
+
+
+def optional_float(text: str) -> float | None:
+    """A number, or ``none`` for off."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
+
+
+# How the CLI spells AugmentConfig's fields: timm's train.py flags (--aa, --reprob, --train-interpolation, ...).
+AUGMENT_OPTIONS = {
+    "aa": {"metavar": "POLICY"},
+    "remode": {"choices": ("const", "rand", "pixel")},
+    "recount": {"min": 1},
+    "scale": {"type": float_pair, "metavar": "LOW,HIGH"},
+    "ratio": {"type": float_pair, "metavar": "LOW,HIGH"},
+    "color_jitter": {"type": optional_float, "metavar": "X"},
+    "interpolation": {"flag": "--train-interpolation", "choices": ("random", *INTERPOLATIONS)},
+}
+
+
 def option_table(cls) -> dict[str, dict]:
     """``{field name: option metadata}`` of a config dataclass."""
     if cls is MultiplexSpec:
@@ -70,7 +105,8 @@ def option_table(cls) -> dict[str, dict]:
             for f in fields(cls)
             if f.name != "extra"
         }
-    return {f.name: dict(f.metadata) for f in fields(cls)}
+    extra = AUGMENT_OPTIONS if cls is AugmentConfig else {}
+    return {f.name: {**f.metadata, **extra.get(f.name, {})} for f in fields(cls)}
 
 
 def add_options(parser, cls, title: str | None = None) -> None:
@@ -123,8 +159,23 @@ def _argument(default, meta: dict) -> dict:
 def _with_default(text: str, default, required) -> str:
     if required or default is None:
         return text
-    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    shown = (
+        ",".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in default)
+        if isinstance(default, tuple)
+        else default
+    )
     return f"{text} (default {shown})"
 
 
-__all__ = ["SPEC_OPTIONS", "add_options", "from_args", "int_at_least", "option_table", "positive_int", "share_value"]
+__all__ = [
+    "AUGMENT_OPTIONS",
+    "SPEC_OPTIONS",
+    "add_options",
+    "float_pair",
+    "from_args",
+    "int_at_least",
+    "option_table",
+    "optional_float",
+    "positive_int",
+    "share_value",
+]
