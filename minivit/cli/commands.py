@@ -382,12 +382,14 @@ def run_compress(
     teacher_args: dict | None = None,
     run: RunOptions | None = None,
     teacher_checkpoint=None,
+    budget: float | None = None,
     **options,
 ) -> dict:
     """Multiplex ``teacher`` as ``spec`` says (``share="all"``: one shared block), distil it as ``distill``
     says, train as ``config`` says; returns the report. ``teacher_checkpoint``: the weights of a teacher given
     by name (else timm's pretrained ones). ``options`` override fields of ``run``, ``spec`` and ``distill``
-    (``resume=True``, ``share=4``, ``beta=0``; see :func:`compress_configs`).
+    (``resume=True``, ``share=4``, ``beta=0``; see :func:`compress_configs`). ``budget`` (a fraction of the
+    teacher's stored bytes) lets :func:`minivit.recipe.plan` pick the share number, delta rank and init.
 
     The teacher is evaluated on the validation split first (``teacher_top1`` in the report), with the
     preprocessing the student inherits from it."""
@@ -400,6 +402,8 @@ def run_compress(
     spec, distill = compress_configs(spec, distill, **options)
     check_cacheable(distill, augmented=bool(run.augment or config.mixup or config.cutmix))
     net, data_config, train, val = _teacher_and_data(teacher, teacher_args, teacher_checkpoint, data, run)
+    if budget is not None:
+        spec = _planned(net, budget, spec, run.log)
     torch.manual_seed(config.seed)
     student = apply_data_config(multiplex(net, spec), data_config)
     objective = DistillationObjective(student, net, distill, label_smoothing=_label_smoothing(config))
@@ -438,6 +442,16 @@ def run_compress(
         if run.log is not None:
             run.log("\n" + comparison_table(report))
     return report
+
+
+def _planned(net: nn.Module, budget: float, spec: MultiplexSpec, log) -> MultiplexSpec:
+    """The spec :func:`minivit.recipe.plan` picks for ``budget``; says what it picked."""
+    from ..recipe import plan
+
+    picked = plan(net, budget, spec)
+    if log is not None and processes().is_main_process:
+        log(f"budget {budget:g} of the teacher's bytes: {picked.describe()}")
+    return picked.spec
 
 
 def _teacher_and_data(teacher: str, teacher_args, checkpoint, data: str, run: RunOptions):

@@ -167,7 +167,22 @@ def _compress_arguments(p) -> None:
         "default: timm's pretrained weights",
     )  # fmt: skip
     add_options(p, MultiplexSpec, "multiplexing")
+    p.add_argument(
+        "--budget", type=_fraction, metavar="F",
+        help="keep this fraction of the teacher's stored bytes (e.g. 0.25): picks the share number, delta rank "
+        "and init (minivit.recipe.plan) and says what it picked; overrides --share, --delta-rank and --init",
+    )  # fmt: skip
     add_options(p, DistillConfig, "distillation")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.25, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
 
 
 def _eval_arguments(p) -> None:
@@ -320,6 +335,7 @@ def _compress(a) -> None:
         teacher_args=commands.parse_model_args(a.teacher_args),
         run=_run_options(a),
         teacher_checkpoint=a.teacher_checkpoint,
+        budget=a.budget,
     )
     _print_main(report)
 

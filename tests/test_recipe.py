@@ -1,0 +1,91 @@
+"""The byte-budget planner (minivit.recipe) and `compress --budget`."""
+
+import json
+
+import pytest
+import timm
+import torch
+
+import minivit
+from minivit.errors import ConfigError
+from minivit.measure import tensor_bytes
+from minivit.recipe import estimate_bytes, plan, start_error
+
+
+def small_vit(depth=6):
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1, num_classes=5,
+                             depth=depth, embed_dim=32, num_heads=2, mlp_ratio=2)
+
+
+def small_swin():
+    torch.manual_seed(0)
+    return timm.create_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=2, window_size=4,
+                             embed_dim=32, depths=(2, 2), num_heads=(2, 4), num_classes=5)
+
+
+@pytest.mark.parametrize("make", [small_vit, small_swin])
+@pytest.mark.parametrize("share,rank", [(1, 0), (2, 0), (2, 3), (2, 7)])
+def test_estimated_bytes_are_the_students_bytes(make, share, rank):
+    teacher = make()
+    student = minivit.multiplex(teacher, share=share, delta_rank=rank)
+    assert estimate_bytes(teacher, share, rank) == tensor_bytes(student)
+
+
+@pytest.mark.parametrize("budget", [0.6, 0.45])
+def test_plan_fits_the_budget_and_picks_the_closest_start(budget):
+    teacher = small_vit()
+    picked = plan(teacher, budget)
+    student = minivit.multiplex(teacher, picked.spec)
+    assert tensor_bytes(student) == picked.bytes <= budget * tensor_bytes(teacher)
+    assert picked.spec.share in (1, 2, 3, 6)
+    # no other fitting candidate starts closer to the teacher
+    best = start_error(teacher, picked.spec.share, picked.spec.delta_rank, picked.spec.init)
+    for share in (2, 3, 6):
+        for init in ("first", "mean"):
+            if estimate_bytes(teacher, share, 0) <= budget * tensor_bytes(teacher):
+                assert best <= start_error(teacher, share, 0, init) + 1e-12
+    assert "share" in picked.describe() and "of the teacher's" in picked.describe()
+
+
+def test_full_rank_starts_exactly_at_the_teacher():
+    teacher = small_vit(depth=4)
+    assert start_error(teacher, 2, 32, "mean") < 1e-20
+    assert start_error(teacher, 1, 0) == 0.0
+    assert start_error(teacher, 2, 0, "mean") < start_error(teacher, 2, 0, "first")
+
+
+def test_a_budget_below_the_smallest_student_is_refused():
+    with pytest.raises(ConfigError, match="no student fits"):
+        plan(small_vit(), 0.01)
+    with pytest.raises(ConfigError, match="budget"):
+        plan(small_vit(), 1.5)
+
+
+def test_compress_budget_picks_and_records_the_plan(tmp_path, capsys):
+    from minivit.cli.main import main
+
+    teacher = tmp_path / "teacher"
+    args = ["img_size=8", "patch_size=2", "depth=4", "embed_dim=32", "num_heads=2", "mlp_ratio=2"]
+    fast = ["--batch-size", "64", "--train-limit", "200", "--val-limit", "100", "--no-progress", "--epochs", "1"]
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--model", "vit_small_patch16_224", "--model-args", *args, "--data", "digits",
+              "--output", str(teacher), *fast])
+    assert exc.value.code == 0
+    out = tmp_path / "student"
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", "--teacher", str(teacher), "--budget", "0.4", "--data", "digits", "--output", str(out),
+              *fast])
+    assert exc.value.code == 0
+    said = capsys.readouterr().out
+    assert "budget 0.4 of the teacher's bytes: share" in said
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["delta_rank"] >= 0 and report["config"]["share"] in (2, 4)
+    t, s = minivit.from_pretrained(teacher), minivit.from_pretrained(out)
+    assert tensor_bytes(s) <= 0.4 * tensor_bytes(t)
+    code = None
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", "--teacher", str(teacher), "--budget", "2", "--data", "digits", "--output",
+              str(tmp_path / "x"), *fast])
+    code = exc.value.code
+    assert code == 2 and not (tmp_path / "x").exists()
