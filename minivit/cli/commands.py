@@ -25,13 +25,13 @@ from torch import nn
 
 from ..distill.config import DistillConfig, as_distill_config
 from ..errors import CheckpointError, ConfigError, MinivitError
-from ..io import build_from_config, from_pretrained, model_config, save_pretrained
+from ..io import build_from_config, from_pretrained, locks_output, model_config, save_pretrained
+from ..io.limits import build_named
 from ..measure import count_parameters, latency_ms, size_mb
 from ..spec import MultiplexSpec, as_spec
 from ..train.data import WithTeacherLogits
 from ..train.engine import TrainConfig, evaluate, fit, processes, say
 from ..train.state import LAST, atomic_write, load_checkpoint
-from ..zoo import create_model
 
 RUN_MARKERS = ("checkpoints", "report.json", "model.safetensors", "metrics.jsonl")
 # options that change how a run is executed, not what it computes: free to change on --resume
@@ -83,14 +83,23 @@ def parse_value(text: str):
     return tuple(value) if isinstance(value, list) else value
 
 
-def parse_model_args(items) -> dict:
-    """``["img_size=32", "depth=4"]`` -> ``{"img_size": 32, "depth": 4}``."""
+def parse_model_args(items, option: str = "--model-args") -> dict:
+    """``["img_size=32", "depth=4"]`` -> ``{"img_size": 32, "depth": 4}``; a key given twice, an empty value
+    or an unclosed bracket is refused naming ``option``."""
     out = {}
     for item in items or ():
         key, sep, value = item.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ConfigError(f"bad model argument {item!r}", "write key=value, e.g. depth=4 embed_dim=64")
-        out[key.strip()] = parse_value(value)
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"bad {option} item {item!r}", "write key=value, e.g. depth=4 embed_dim=64")
+        if key in out:
+            raise ConfigError(f"{option} gives {key} twice ({key}={value})", f"keep one {key}=...")
+        if not value.strip():
+            raise ConfigError(f"{option} {key}= has no value", f"write {key}=<value>, e.g. depth=4")
+        parsed = parse_value(value)
+        if isinstance(parsed, str) and (value.strip()[:1] in "([{" or value.strip()[-1:] in ")]}"):
+            raise ConfigError(f"{option} {key}={value} is not a valid value", f"write e.g. {key}=32 or {key}=32,32")
+        out[key] = parsed
     return out
 
 
@@ -121,7 +130,7 @@ def load_model(spec: str, model_args: dict | None = None, pretrained: bool = Fal
             f"model path not found: {spec}", "pass a saved model folder, a checkpoint or a model name"
         )
     try:
-        return create_model(spec, pretrained=pretrained, **(model_args or {}))
+        return build_named(spec, dict(model_args or {}), "--teacher-args", pretrained=pretrained)
     except MinivitError:
         raise
     except Exception as e:  # downloads: no network, missing weights
@@ -199,6 +208,21 @@ def check_output(output, resume: bool, force: bool) -> Path:
     return out
 
 
+def export_folder(model_dir, fmt: str, output=None, int8: bool = False, force: bool = False) -> Path:
+    """The folder ``minivit export`` writes into; another model's or run's folder is refused unless ``force``."""
+    from ..export import default_output
+
+    out = Path(output).expanduser() if output else default_output(model_dir, fmt, int8)
+    folder = out if fmt == "safetensors" or out.is_dir() else out.parent
+    existing = [m for m in RUN_MARKERS if (folder / m).exists()]
+    if existing and not force and folder.resolve() != Path(model_dir).expanduser().resolve():
+        raise ConfigError(
+            f"--output {folder} holds another model or run ({', '.join(existing)})",
+            "choose another --output, or pass --force to write into it",
+        )
+    return folder
+
+
 def write_json(path: Path, data: dict) -> None:
     text = json.dumps(data, indent=2) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
@@ -250,6 +274,7 @@ def _finish(model, out: Path, result: dict, report: dict, img_size, in_chans, ma
 # --------------------------------------------------------------------------- commands
 
 
+@locks_output("minivit train")
 def run_train(
     model: str,
     data: str,
@@ -300,7 +325,7 @@ def _build_named(name: str, args: dict) -> nn.Module:
     path = Path(name).expanduser()
     if path.exists():
         raise ConfigError(f"--model {name} is a path", "minivit train takes a model name; to fine-tune, use compress")
-    return create_model(name, **args)
+    return build_named(name, args)
 
 
 def compress_configs(spec=None, distill=None, **options) -> tuple[MultiplexSpec, DistillConfig]:
@@ -318,6 +343,7 @@ def compress_configs(spec=None, distill=None, **options) -> tuple[MultiplexSpec,
     return spec, as_distill_config(distill, **{k: v for k, v in options.items() if k not in names})
 
 
+@locks_output("minivit compress")
 def run_compress(
     teacher: str,
     data: str,

@@ -157,6 +157,7 @@ def _export_arguments(p) -> None:
     from ..export import add_export_arguments
 
     add_export_arguments(p)
+    p.add_argument("--force", action="store_true", help="write into a folder that holds another model or run")
 
 
 def _analyze_arguments(p) -> None:
@@ -255,7 +256,7 @@ def _compress(a) -> None:
         from_args(TrainConfig, a),
         spec=from_args(MultiplexSpec, a),
         distill=from_args(DistillConfig, a),
-        teacher_args=commands.parse_model_args(a.teacher_args),
+        teacher_args=commands.parse_model_args(a.teacher_args, "--teacher-args"),
         run=_run_options(a),
     )
     _print_main(report)
@@ -282,8 +283,11 @@ def _demo(a) -> None:
 
 def _export(a) -> None:
     from ..export import export_from_args, format_summary
+    from ..io import lock_output
+    from .commands import export_folder
 
-    print(format_summary(export_from_args(a)))
+    with lock_output(export_folder(a.model, a.format, a.output, a.int8, a.force), "minivit export"):
+        print(format_summary(export_from_args(a)))
 
 
 def _analyze(a) -> None:

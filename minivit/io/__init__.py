@@ -12,6 +12,7 @@ from .atomic import (
     staging,
     write_failure,
 )
+from .lock import LOCK_NAME, OutputInUse, lock_output, locks_output
 from .official import load_official
 from .pretrained import (
     CONFIG_NAME,
@@ -27,6 +28,8 @@ from .state_dict import load_state_dict_checked, read_weights
 
 __all__ = [
     "CONFIG_NAME",
+    "LOCK_NAME",
+    "OutputInUse",
     "TEMP_PREFIX",
     "WEIGHTS_NAME",
     "WRITE_HINT",
@@ -40,6 +43,8 @@ __all__ = [
     "load_official",
     "load_state_dict_checked",
     "load_weights",
+    "lock_output",
+    "locks_output",
     "model_config",
     "read_config",
     "read_weights",

@@ -29,6 +29,7 @@ from ..families import build_vit, describe_vit, family_by_config_name, family_of
 from ..spec import MultiplexSpec
 from ..zoo import create_model
 from .atomic import atomic_folder
+from .limits import check_config_size
 from .state_dict import load_state_dict_checked, read_weights
 
 WEIGHTS_NAME = "model.safetensors"
@@ -94,6 +95,7 @@ def _build_multiplexed(cfg: dict, args: dict) -> nn.Module:
 
 def build_from_config(cfg: dict) -> nn.Module:
     """Rebuild an architecture (random weights) from a :func:`model_config` dict."""
+    check_config_size(cfg)  # an untrusted config may ask for any size: refused before allocating
     if not isinstance(cfg, dict) or "family" not in cfg:
         raise ConfigError("config has no 'family' field", "regenerate config.json with save_pretrained")
     args = cfg.get("model_args", {})
