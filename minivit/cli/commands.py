@@ -26,7 +26,7 @@ from torch import nn
 from ..distill.config import DistillConfig, as_distill_config
 from ..errors import CheckpointError, ConfigError, MinivitError
 from ..io import build_from_config, from_pretrained, locks_output, model_config, save_pretrained
-from ..io.limits import build_named
+from ..io.limits import build_named, check_finite
 from ..measure import count_parameters, latency_ms, size_mb
 from ..spec import MultiplexSpec, as_spec
 from ..train.data import WithTeacherLogits
@@ -179,6 +179,11 @@ def load_data(data: str, img_size, in_chans: int, augment: bool = False, train_l
 
 def check_classes(model: nn.Module, train, what: str = "model") -> None:
     n = getattr(model, "num_classes", None)
+    if n == 0:
+        raise ConfigError(
+            f"the {what} has no classifier head (num_classes=0)",
+            "drop num_classes from the arguments: it comes from the data" if what == "model" else "use a classifier",
+        )
     if n is not None and n != train.num_classes:
         raise ConfigError(
             f"the {what} has {n} classes but the data has {train.num_classes}",
@@ -367,7 +372,7 @@ def run_compress(
     run = run_options(run, options)
     spec, distill = compress_configs(spec, distill, **options)
     check_cacheable(distill, augmented=bool(run.augment or config.mixup or config.cutmix))
-    net = load_model(teacher, teacher_args, pretrained=True).eval()
+    net = check_finite(load_model(teacher, teacher_args, pretrained=True), f"teacher {teacher}").eval()
     img_size, in_chans = input_spec(net)
     train, val = load_data(data, img_size, in_chans, run.augment, run.train_limit, run.val_limit)
     check_classes(net, train, "teacher")
@@ -438,7 +443,7 @@ def run_eval(
     model: str, data: str, batch_size: int = 256, val_limit: int | None = None, latency_runs: int = 30
 ) -> dict:
     """Top-1/top-5 on the validation split, unique parameters, MB and single-image latency."""
-    net = load_model(model, pretrained=True).eval()
+    net = check_finite(load_model(model, pretrained=True), str(model)).eval()
     img_size, in_chans = input_spec(net)
     from ..data import build_dataset
 
@@ -468,8 +473,8 @@ def run_analyze(teacher: str, student: str, data: str, output, batches: int = 10
 
     from ..analysis.compare import analyze
 
-    t = load_model(teacher, pretrained=True).eval()
-    s = load_model(student, pretrained=True).eval()
+    t = check_finite(load_model(teacher, pretrained=True), str(teacher)).eval()
+    s = check_finite(load_model(student, pretrained=True), str(student)).eval()
     (img_t, ch_t), (img_s, ch_s) = input_spec(t), input_spec(s)
     if (img_t, ch_t) != (img_s, ch_s):
         raise ConfigError(

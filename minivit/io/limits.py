@@ -12,6 +12,9 @@ two tiny builds. A model over the bound is refused with one line; the bound is
 on a zero image. Whatever breaks (``RuntimeError`` of a convolution larger than the image, a negative
 dimension, a wrong type) becomes one :class:`~minivit.errors.ConfigError` line naming the option
 (``--model-args``, ``--teacher-args``) and, where the error shows it, the offending ``key=value``.
+
+:func:`check_finite` refuses a model with NaN/inf weights (a diverged run evaluates as chance accuracy
+without it); :func:`check_materialised` one whose tensors are on the ``meta`` device.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from ..errors import ConfigError, MinivitError
+from ..errors import CheckpointError, ConfigError, MinivitError
 
 DEFAULT_MAX_PARAMS = 2_000_000_000
 _limit: contextvars.ContextVar[int | None] = contextvars.ContextVar("minivit_max_params", default=None)
@@ -166,6 +169,7 @@ def _suspects(args: dict, message: str) -> list[str]:
     named = [shown[k] for k in args if re.search(rf"\b{re.escape(k)}\b", message)]
     if named:
         return named
+
     def appears(x) -> bool:
         return re.search(rf"(?<![\w.]){re.escape(str(x))}(?![\w.])", message) is not None
 
@@ -240,10 +244,40 @@ def _probe(model: nn.Module) -> None:
     model.train(was_training)
 
 
+def check_finite(model: nn.Module, source: str = "the model") -> nn.Module:
+    """``model``, unless a weight is NaN or infinite: then one :class:`CheckpointError` line naming the tensors."""
+    bad = {n: int((~torch.isfinite(t)).sum()) for n, t in model.state_dict().items() if _float_data(t)}
+    bad = {n: c for n, c in bad.items() if c}
+    if bad:
+        raise CheckpointError(
+            f"{source} has non-finite weights: {sum(bad.values()):,} NaN/inf values in {len(bad)} tensor(s), "
+            f"e.g. {next(iter(bad))}",
+            "its training diverged or the file is damaged; use an earlier checkpoint or retrain",
+        )
+    return model
+
+
+def check_materialised(model: nn.Module, what: str = "the model") -> nn.Module:
+    """``model``, unless some of its tensors are on the ``meta`` device (shapes without data)."""
+    meta = [n for n, t in model.state_dict().items() if isinstance(t, torch.Tensor) and t.is_meta]
+    if meta:
+        raise ConfigError(
+            f"{what} has no weights: {len(meta)} tensor(s) are on the meta device, e.g. {meta[0]}",
+            "materialise it first: model.to_empty(device='cpu'), then load its weights",
+        )
+    return model
+
+
+def _float_data(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_meta
+
+
 __all__ = [
     "DEFAULT_MAX_PARAMS",
     "build_error",
     "build_named",
+    "check_finite",
+    "check_materialised",
     "check_config_size",
     "check_size",
     "estimate_parameters",

@@ -29,7 +29,7 @@ from ..families import build_vit, describe_vit, family_by_config_name, family_of
 from ..spec import MultiplexSpec
 from ..zoo import create_model
 from .atomic import atomic_folder
-from .limits import check_config_size
+from .limits import check_config_size, check_materialised
 from .state_dict import load_state_dict_checked, read_weights
 
 WEIGHTS_NAME = "model.safetensors"
@@ -121,7 +121,7 @@ def build_from_config(cfg: dict) -> nn.Module:
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created; replaced atomically)."""
     directory = Path(directory)
-    cfg = model_config(model)
+    cfg = model_config(check_materialised(model))
     if extra:
         cfg.update(extra)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
