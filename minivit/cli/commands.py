@@ -143,7 +143,7 @@ def load_model(spec: str, model_args: dict | None = None, pretrained: bool = Fal
 
 def _no_args(model_args, spec):
     if model_args:
-        raise ConfigError(f"--model-args cannot change the saved model {spec}", "drop --model-args")
+        raise ConfigError(f"--teacher-args cannot change the saved model {spec}", "drop --teacher-args")
 
 
 def input_spec(model: nn.Module) -> tuple[tuple[int, int], int]:

@@ -93,10 +93,14 @@ def lock_output(folder: str | os.PathLike, command: str = "") -> Iterator[Path]:
     if fcntl is None:
         yield folder
         return
+    if folder.exists() and not folder.is_dir():
+        raise MinivitError(f"cannot write into {folder}: it is a file", "choose a folder")
     created = _created_dirs(folder)
     path = folder / LOCK_NAME
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        for d in reversed(created):
+            d.mkdir(exist_ok=True)
+            os.chmod(d, 0o755)  # like every folder minivit creates, whatever the umask
         fd = _acquire(path)
     except OSError as e:
         _remove_empty(created)
@@ -105,8 +109,10 @@ def lock_output(folder: str | os.PathLike, command: str = "") -> Iterator[Path]:
         _remove_empty(created)
         raise
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {command or ' '.join(['minivit', *sys.argv[1:2]])}\n".encode())
+        with contextlib.suppress(OSError):  # who holds it is a courtesy: a full disk does not stop the run
+            os.fchmod(fd, 0o644)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {command or ' '.join(['minivit', *sys.argv[1:2]])}\n".encode())
         yield folder
     finally:
         with contextlib.suppress(OSError):
