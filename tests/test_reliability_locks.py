@@ -4,9 +4,9 @@
 docs/reliability.md lists each case with the test that checks it.
 """
 
+import json
 import os
 import signal
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -116,11 +116,18 @@ def test_two_runs_started_together_on_one_output(tmp_path):
     """Two real CLI processes: one writes the run, the other is refused with one line; the run is whole."""
     out = tmp_path / "run"
     procs = [
-        subprocess.Popen([*MINIVIT, *train_args(out), "--seed", str(seed)], env=ENV, cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [*MINIVIT, *train_args(out), "--seed", str(seed)],
+            env=ENV,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for seed in (1, 2)
     ]
-    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    results = [(p.returncode, *o) for p, o in zip(procs, outputs)]
     codes = sorted(r[0] for r in results)
     assert codes == [0, 2], results
     (_, _, err), (_, stdout, _) = sorted(results, key=lambda r: r[0], reverse=True)
