@@ -147,6 +147,7 @@ def check_config_size(cfg: dict) -> None:
     """:func:`check_size` for a ``config.json`` dict (called by :func:`~minivit.io.build_from_config`)."""
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model_args"), dict):
         return  # the build itself says what is wrong
+    max_parameters()  # a malformed MINIVIT_MAX_PARAMS is said, not ignored
     from .pretrained import build_from_config
 
     try:
