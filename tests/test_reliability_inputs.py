@@ -130,8 +130,13 @@ def test_min_lr_above_lr_is_refused(capsys, tmp_path):
         (lambda a: multiplex(tiny_vit(**a), MultiplexSpec(share=2)), {"depth": 28}),
         (
             lambda a: timm.create_model(
-                "swin_tiny_patch4_window7_224", img_size=32, patch_size=2, window_size=4, embed_dim=16,
-                num_heads=(1, 2), **a,
+                "swin_tiny_patch4_window7_224",
+                img_size=32,
+                patch_size=2,
+                window_size=4,
+                embed_dim=16,
+                num_heads=(1, 2),
+                **a,
             ),
             {"depths": (2, 26)},
         ),  # fmt: skip
