@@ -7,10 +7,14 @@ One optimizer step (forward, backward, AdamW) of a share-2 student, timed for:
 * plain: cross-entropy on labels (what `minivit train` does for the student architecture);
 * compress: teacher forward + student + soft CE + attention relation + hidden relation (the default);
 * compress, logits only, live teacher;
-* compress, cached teacher logits (`--cache-teacher-logits`: the teacher never runs).
+* compress, cached teacher logits (`--cache-teacher-logits`: the teacher never runs);
+* for reference (no optimizer step): the teacher's forward alone, under ``torch.no_grad`` and under
+  ``torch.inference_mode``, with the feature hooks of the default objective attached.
 
 The variants run in interleaved rounds so that a busy machine slows them alike; the medians over
 steps are compared. Targets: compress <= 1.6x and cached logits <= 1.15x the plain step time.
+``--clock cpu`` times the process's CPU time instead of wall-clock time (far less disturbed by other load on
+a shared machine, with ``--threads 1``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 
 import minivit
 from minivit.distill.objective import DistillationObjective, SupervisedObjective
+from minivit.measure import count_parameters
 
 PRESETS = {  # the demo's Fashion-MNIST model, and a DeiT-Tiny-like model at 32 px
     "demo": dict(img_size=28, patch_size=7, in_chans=1, depth=4, embed_dim=64, num_heads=4, mlp_ratio=2.0),
@@ -36,7 +41,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="timed steps per variant (after 3 warm-up steps)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     a = p.parse_args()
+    clock = time.perf_counter if a.clock == "wall" else time.process_time
     if a.threads:
         torch.set_num_threads(a.threads)
     args = PRESETS[a.preset]
@@ -60,28 +67,47 @@ def main() -> None:
     pairs = probe.pairs
     probe.remove_hooks()
 
-    times = {name: [] for name in variants}
+    def teacher_forward(mode):
+        def run() -> float:
+            obj = DistillationObjective(student, teacher)  # its hooks capture the teacher's features
+            start = clock()
+            with mode():
+                obj.teacher(x)
+            elapsed = clock() - start
+            obj.remove_hooks()
+            return elapsed
+
+        return run
+
+    forwards = {"teacher no_grad": teacher_forward(torch.no_grad)}
+    forwards["teacher inf_mode"] = teacher_forward(torch.inference_mode)
+    times = {name: [] for name in [*variants, *forwards]}
     for step in range(a.steps + 3):
         for name, (make, batch) in variants.items():
             obj = make()
-            start = time.perf_counter()
+            start = clock()
             obj(batch)["loss"].backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if step >= 3:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
             if hasattr(obj, "remove_hooks"):
                 obj.remove_hooks()
+        for name, run in forwards.items():
+            elapsed = run()
+            if step >= 3:
+                times[name].append(elapsed)
 
-    print(f"preset {a.preset} {args}, batch {a.batch_size}, {torch.get_num_threads()} threads, {a.steps} steps")
-    print(f"student {minivit.core.unique_parameter_count(student):,} params (share 2), layer pairs {pairs}")
+    print(f"preset {a.preset} {args}, batch {a.batch_size}, {torch.get_num_threads()} threads, {a.steps} steps, "
+          f"{a.clock} clock")
+    print(f"student {count_parameters(student):,} params (share 2), layer pairs {pairs}")
     base = statistics.median(times["plain"])
     targets = {"compress": 1.6, "cached logits": 1.15}
     for name, ts in times.items():
         med = statistics.median(ts)
         target = f"  (target <= {targets[name]}x)" if name in targets else ""
         print(
-            f"{name:14s} {1000 * med:8.1f} ms/step  {a.batch_size / med:7.0f} img/s  {med / base:5.2f}x plain{target}"
+            f"{name:16s} {1000 * med:8.1f} ms/step  {a.batch_size / med:7.0f} img/s  {med / base:5.2f}x plain{target}"
         )
 
 

@@ -1,69 +1,162 @@
-"""CPU inference latency and size: Mini-DeiT (share 2, transforms + iRPE) vs timm DeiT.
+"""CPU inference latency of multiplexed students vs their teachers, eager PyTorch and ONNX Runtime.
 
-Measures both models of a pair in alternation (so machine noise hits both alike) and prints the
-median latency of each and their ratio, at batch 1 and 32, 224 px, under ``torch.inference_mode``.
-Also prints the state-dict size ratio. Random weights: latency does not depend on their values.
+Pairs (random weights; latency does not depend on their values):
 
-    python benchmarks/latency.py [--reps 15] [--batches 1 32] [--threads N]
+* ``deit_s/2``: ``minivit.multiplex(deit_small_patch16_224, share=2)`` vs timm's DeiT-S (224 px);
+* ``small/2``, ``small/4``: a frontier-size student (12 blocks, width 96, 3 heads, patch 7 on 28 x 28 grey
+  images: 16 tokens + class token), share 2 and 4, vs its teacher;
+* ``mini_swin_t``: ``mini_swin_tiny_patch4_window7_224`` vs timm's Swin-T (224 px);
+* ``mini_deit_s``: ``mini_deit_small_patch16_224`` (iRPE, no class token) vs DeiT-S (not in the default set).
+
+Both models of a pair run in alternation, in eval mode under ``torch.inference_mode`` (so machine noise hits
+both alike); the reported ratio is the median over rounds of student time / teacher time, with each model's
+median time. Batches 1 and 32, 1 and 2 threads by default. With ``--onnx`` both models are exported once
+(``minivit.export.export_onnx``, dynamic batch) and timed the same way in onnxruntime. Target: ratio <= 1.10.
+On a machine shared with other work, trust the ratios (paired), not the absolute times, and prefer
+``--clock cpu --threads 1`` (the process's CPU time hardly depends on other processes).
+
+    python benchmarks/latency.py [--quick] [--cases deit_s/2 small/2 small/4 mini_swin_t] [--onnx]
+                                 [--batches 1 32] [--threads 1 2] [--reps 20] [--clock wall|cpu]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
+import tempfile
 import time
+from functools import partial
+from pathlib import Path
 
 import timm
 import torch
 
-import minivit  # noqa: F401  (registers mini_deit_*)
+import minivit
 
-PAIRS = [
-    ("deit_tiny_patch16_224", "mini_deit_tiny_patch16_224"),
-    ("deit_small_patch16_224", "mini_deit_small_patch16_224"),
-]
+TARGET = 1.10
+SMALL = dict(img_size=28, patch_size=7, in_chans=1, depth=12, embed_dim=96, num_heads=3, num_classes=10)
 
 
-def state_dict_bytes(model: torch.nn.Module) -> int:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.tell()
+def _small(share: int):
+    teacher = minivit.create_model("vit_small_patch16_224", **SMALL)
+    return teacher, minivit.multiplex(teacher, share=share), (1, 28, 28)
 
 
-def paired_medians(a, b, x, reps: int) -> tuple[float, float]:
-    with torch.inference_mode():
-        for _ in range(2):
-            a(x), b(x)
-        ta, tb = [], []
-        for _ in range(reps):
-            for model, times in ((a, ta), (b, tb)):
-                t0 = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb)
+def _deit_s():
+    teacher = timm.create_model("deit_small_patch16_224")
+    return teacher, minivit.multiplex(teacher, share=2), (3, 224, 224)
+
+
+CASES = {
+    "deit_s/2": _deit_s,
+    "small/2": lambda: _small(2),
+    "small/4": lambda: _small(4),
+    "mini_swin_t": lambda: (
+        timm.create_model("swin_tiny_patch4_window7_224"),
+        timm.create_model("mini_swin_tiny_patch4_window7_224"),
+        (3, 224, 224),
+    ),
+    "mini_deit_s": lambda: (
+        timm.create_model("deit_small_patch16_224"),
+        timm.create_model("mini_deit_small_patch16_224"),
+        (3, 224, 224),
+    ),
+}
+DEFAULT_CASES = ["deit_s/2", "small/2", "small/4", "mini_swin_t"]
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+CLOCK = {"now": time.perf_counter}
+
+
+def paired(run_a, run_b, reps: int, warmup: int = 2) -> tuple[float, float, float]:
+    """Median seconds of ``run_a`` and ``run_b`` run alternately, and the median of the per-round ratio b / a."""
+    clock = CLOCK["now"]
+    for _ in range(warmup):
+        run_a(), run_b()
+    ta, tb = [], []
+    for r in range(reps):
+        order = ((run_a, ta), (run_b, tb)) if r % 2 == 0 else ((run_b, tb), (run_a, ta))
+        for run, times in order:
+            t0 = clock()
+            run()
+            times.append(clock() - t0)
+    return statistics.median(ta), statistics.median(tb), statistics.median(b / a for a, b in zip(ta, tb))
+
+
+def _reps(reps: int, batch: int) -> int:
+    return reps if batch <= 4 else max(3, reps // 4)
+
+
+def eager_rows(teacher, student, shape, batches, threads, reps):
+    rows = []
+    teacher, student = teacher.eval(), student.eval()
+    for n in threads:
+        torch.set_num_threads(n)
+        for bs in batches:
+            x = torch.randn(bs, *shape)
+            with torch.inference_mode():
+                ta, tb, ratio = paired(partial(teacher, x), partial(student, x), _reps(reps, bs))
+            rows.append(("eager", n, bs, ta, tb, ratio))
+    return rows
+
+
+def onnx_rows(teacher, student, shape, batches, threads, reps):
+    import onnxruntime as ort
+
+    from minivit.export import export_onnx
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for name, model in (("teacher", teacher), ("student", student)):
+            path = Path(tmp) / f"{name}.onnx"
+            export_onnx(model, path, input_size=(1, *shape), dynamic_batch=True, verify=False)
+            files.append(str(path))
+        for n in threads:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = n, 1
+            sa, sb = (ort.InferenceSession(f, opts, providers=["CPUExecutionProvider"]) for f in files)
+            name_a, name_b = sa.get_inputs()[0].name, sb.get_inputs()[0].name
+            for bs in batches:
+                x = torch.randn(bs, *shape).numpy()
+                run_a, run_b = partial(sa.run, None, {name_a: x}), partial(sb.run, None, {name_b: x})
+                ta, tb, ratio = paired(run_a, run_b, _reps(reps, bs))
+                rows.append(("onnxruntime", n, bs, ta, tb, ratio))
+    return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=15)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, timm {timm.__version__}, threads {torch.get_num_threads()}")
-    print(f"{'pair':44s} {'batch':>5s} {'timm ms':>9s} {'mini ms':>9s} {'ratio':>6s}")
-    for base, mini in PAIRS:
-        a = timm.create_model(base).eval()
-        b = timm.create_model(mini).eval()
-        for bs in args.batches:
-            reps = args.reps if bs == 1 else max(3, args.reps // 3)
-            x = torch.randn(bs, 3, 224, 224)
-            ta, tb = paired_medians(a, b, x, reps)
-            print(f"{base + ' vs ' + mini:44s} {bs:5d} {ta * 1e3:9.1f} {tb * 1e3:9.1f} {tb / ta:6.2f}x")
-        sa, sb = state_dict_bytes(a), state_dict_bytes(b)
-        print(f"{'  state dict MB':44s} {'':5s} {sa / 2**20:9.1f} {sb / 2**20:9.1f} {sb / sa:6.2f}x")
+    p.add_argument("--quick", action="store_true", help="smoke run: small/2 only, batches 1 4, 1 thread, 5 reps")
+    p.add_argument("--cases", nargs="+", choices=list(CASES), default=None)
+    p.add_argument("--batches", type=int, nargs="+", default=None)
+    p.add_argument("--threads", type=int, nargs="+", default=None)
+    p.add_argument("--reps", type=int, default=None, help="rounds at batch <= 4 (a quarter of them above)")
+    p.add_argument("--onnx", action="store_true", help="also time both models exported to ONNX in onnxruntime")
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                   help="cpu: the process's CPU time, far less disturbed by other load with 1 thread")
+    a = p.parse_args()
+    CLOCK["now"] = CLOCKS[a.clock]
+    quick = dict(cases=["small/2"], batches=[1, 4], threads=[1], reps=5)
+    full = dict(cases=DEFAULT_CASES, batches=[1, 32], threads=[1, 2], reps=20)
+    for key, value in (quick if a.quick else full).items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, timm {timm.__version__}, {a.clock} clock; "
+          "ratio = median over rounds of student / teacher")
+    header = ("case", "engine", "thr", "batch", "teacher ms", "student ms", "ratio")
+    print("{:12s} {:11s} {:>3s} {:>5s} {:>10s} {:>10s} {:>7s}".format(*header))
+    for case in a.cases:
+        teacher, student, shape = CASES[case]()
+        rows = eager_rows(teacher, student, shape, a.batches, a.threads, a.reps)
+        if a.onnx:
+            rows += onnx_rows(teacher, student, shape, a.batches, a.threads, a.reps)
+        for engine, n, bs, ta, tb, ratio in rows:
+            flag = "" if ratio <= TARGET else f"  (> {TARGET})"
+            print(f"{case:12s} {engine:11s} {n:3d} {bs:5d} {ta * 1e3:10.2f} {tb * 1e3:10.2f} {ratio:6.2f}x{flag}",
+                  flush=True)
 
 
 if __name__ == "__main__":

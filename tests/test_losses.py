@@ -372,6 +372,23 @@ def test_hidden_projection_mse():
     assert half.dtype == torch.float32
 
 
+def test_losses_take_teacher_tensors_from_inference_mode():
+    """A teacher run under torch.inference_mode (the cheapest way to run it) feeds every loss."""
+    torch.manual_seed(3)
+    s_logits = torch.randn(4, 5, requires_grad=True)
+    s_feat = torch.randn(4, 6, 8, requires_grad=True)
+    with torch.inference_mode():
+        t_logits, t_feat = torch.randn(4, 5), torch.randn(4, 6, 8)
+    losses = [
+        soft_cross_entropy(s_logits, t_logits, 2.0),
+        attention_relation_loss([(s_feat, s_feat, s_feat)], [(t_feat, t_feat, t_feat)]),
+        hidden_relation_loss([s_feat], [t_feat]),
+        HiddenProjectionMSE(8, 8)([s_feat], [t_feat]),
+    ]
+    sum(losses).backward()
+    assert s_logits.grad is not None and s_feat.grad is not None
+
+
 # ----------------------------------------------------------------------------- layer mapping
 
 

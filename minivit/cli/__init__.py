@@ -1,1 +1,1 @@
-"""The `minivit` command line: train, compress, eval, demo, export, analyze, report (see README.md)."""
+"""The `minivit` command line: train, compress, eval, demo, export, analyze, report, push (see README.md)."""

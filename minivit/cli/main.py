@@ -1,4 +1,5 @@
-"""The ``minivit`` console script: ``train``, ``compress``, ``eval``, ``demo``, ``export``, ``analyze``, ``report``.
+"""The ``minivit`` console script: ``train``, ``compress``, ``eval``, ``demo``, ``export``, ``analyze``, ``report``,
+``push``.
 
 Mistakes in the input print one line, ``error: <what is wrong> (<how to fix it>)``, on stderr and
 exit with status 2; any other failure prints one line too and exits with status 1. ``--debug`` (or
@@ -32,6 +33,7 @@ EXAMPLES = {
     "analyze": "minivit analyze --teacher runs/teacher --student runs/share2 --data fashion-mnist "
     "--output runs/analysis",
     "report": "minivit report runs/share2",
+    "push": "minivit push --model runs/share2 --repo USER/mini-vit-share2",
 }
 
 
@@ -118,6 +120,11 @@ COMMANDS = {
         "Read RUN_DIR/metrics.jsonl (and grad_norms.jsonl, report.json when present) and write curves_*.png, "
         "grad_norms_*.png and report.md into RUN_DIR.",
     ),
+    "push": (
+        "upload a saved model to the Hugging Face Hub as a timm model",
+        "Upload a model folder (config.json in timm's layout, model.safetensors, a model card from report.json) "
+        "with timm's push_to_hf_hub; then timm.create_model('hf-hub:USER/NAME', pretrained=True) loads it.",
+    ),
 }
 
 
@@ -171,6 +178,12 @@ def _analyze_arguments(p) -> None:
 
 def _report_arguments(p) -> None:
     p.add_argument("run_dir", help="a folder written by `minivit train` or `minivit compress`")
+
+
+def _push_arguments(p) -> None:
+    from .push import add_push_arguments
+
+    add_push_arguments(p)
 
 
 def build_parser() -> Parser:
@@ -302,6 +315,12 @@ def _report(a) -> None:
     print(f"wrote {write_report(a.run_dir)}")
 
 
+def _push(a) -> None:
+    from .push import run_push
+
+    print(run_push(a.model, a.repo, a.private, a.revision))
+
+
 ARGUMENTS = {
     "train": _train_arguments,
     "compress": _compress_arguments,
@@ -310,6 +329,7 @@ ARGUMENTS = {
     "export": _export_arguments,
     "analyze": _analyze_arguments,
     "report": _report_arguments,
+    "push": _push_arguments,
 }
 HANDLERS = {
     "train": _train,
@@ -319,6 +339,7 @@ HANDLERS = {
     "export": _export,
     "analyze": _analyze,
     "report": _report,
+    "push": _push,
 }
 
 

@@ -17,6 +17,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .attention import rpe_logits
+
 
 def piecewise_index(offset: Tensor, alpha: float, beta: float, gamma: float) -> Tensor:
     """Map integer offsets to bucket offsets in ``[-int(beta), int(beta)]``.
@@ -73,9 +75,7 @@ class ContextualRPE(nn.Module):
         self.weight = nn.Parameter(torch.zeros(num_heads, head_dim, num_buckets))
 
     def forward(self, q: Tensor, bucket_index: Tensor) -> Tensor:
-        b, h, n, _ = q.shape
-        table = torch.matmul(q, self.weight)  # (B, H, N, num_buckets)
-        return table.gather(-1, bucket_index.expand(b, h, n, n))
+        return rpe_logits(q, self.weight, bucket_index)
 
     def extra_repr(self) -> str:
         heads, dim, buckets = self.weight.shape

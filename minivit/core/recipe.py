@@ -8,7 +8,9 @@ same for every family:
 2. build the student with those arguments and the spec, each group built once from the teacher's blocks
    (no fresh blocks made and thrown away);
 3. copy everything outside the blocks (embeddings, merging layers, final norm, head) key for key; a key
-   that is missing or has another shape means the description missed something, which is an error.
+   that is missing or has another shape means the description missed something, which is an error;
+4. give the student the teacher's ``pretrained_cfg`` (its data config: mean/std, interpolation, crop), with the
+   student's own input size and architecture name, and without the teacher's weight location.
 """
 
 from __future__ import annotations
@@ -55,6 +57,25 @@ def copy_outside_blocks(teacher: nn.Module, student: nn.Module, is_block_key: Ca
     student.load_state_dict(outside, strict=False)
 
 
+SOURCE_KEYS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "tag", "custom_load")
+"""``pretrained_cfg`` keys that say where a model's weights come from (a student's are not its teacher's)."""
+
+
+def inherited_pretrained_cfg(teacher: nn.Module, student: nn.Module, architecture: str) -> dict:
+    """The teacher's ``pretrained_cfg`` as the student's: same data config, the student's own input size,
+    architecture and class count, no weight location."""
+    from ..data.config import model_input_size
+
+    cfg = {k: v for k, v in dict(getattr(teacher, "pretrained_cfg", None) or {}).items() if k not in SOURCE_KEYS}
+    cfg["architecture"] = architecture
+    size = model_input_size(student)
+    if size is not None:
+        cfg["input_size"] = size
+    if getattr(student, "num_classes", None) is not None:
+        cfg["num_classes"] = student.num_classes
+    return cfg
+
+
 @torch.no_grad()
 def student_from_teacher(
     teacher: nn.Module,
@@ -63,14 +84,18 @@ def student_from_teacher(
     spec: MultiplexSpec,
     sources: list[list[nn.Module]],
     is_block_key: Callable[[str], bool],
+    architecture: str | None = None,
 ) -> nn.Module:
-    """Steps 2-3 of the recipe: ``sources[s][i]`` is the teacher block that layer ``i`` of stack ``s`` starts
-    from. The teacher is left unchanged; the student gets its training mode and device."""
+    """Steps 2-4 of the recipe: ``sources[s][i]`` is the teacher block that layer ``i`` of stack ``s`` starts
+    from; ``architecture`` is the student's registered timm name. The teacher is left unchanged; the student gets
+    its training mode and device."""
     if isinstance(teacher, student_type):
         raise ConfigError("the model is already multiplexed", "pass the original (teacher) model")
     device = next(teacher.parameters()).device
     with device:
         student = student_type(**arch_args, spec=spec, sources=sources)
     copy_outside_blocks(teacher, student, is_block_key)
+    if architecture is not None:
+        student.pretrained_cfg = student.default_cfg = inherited_pretrained_cfg(teacher, student, architecture)
     student.train(teacher.training)
     return student.to(device)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..spec import TRANSFORM_INITS
+from .attention import head_mix
 
 
 class HeadMix(nn.Module):
@@ -37,13 +38,7 @@ class HeadMix(nn.Module):
             self.bias.zero_()
 
     def forward(self, attn: Tensor) -> Tensor:
-        b, h, n, m = attn.shape
-        # a batched product with the (H, H) matrix (bias fused in): no transposed copies of the large
-        # attention tensor, which a broadcast matmul would make
-        flat = attn.reshape(b, h, n * m)
-        if self.bias is None:
-            return torch.bmm(self.weight.expand(b, h, h), flat).view(b, h, n, m)
-        return torch.baddbmm(self.bias.view(1, h, 1), self.weight.expand(b, h, h), flat).view(b, h, n, m)
+        return head_mix(attn, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, bias={self.bias is not None}"

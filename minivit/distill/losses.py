@@ -370,6 +370,8 @@ class HiddenProjectionMSE(nn.Module):
                 y = F.linear(
                     s.to(dtype), w.to(dtype), None if self.proj.bias is None else self.proj.bias.to(dtype)
                 )
-                term = F.mse_loss(y, t.detach().to(dtype))
+                # (y - t)^2 rather than F.mse_loss, which saves the target for backward: a teacher run under
+                # torch.inference_mode hands over tensors that autograd may not save
+                term = (y - t.detach().to(dtype)).square().mean()
             total = term if total is None else total + term
         return total / len(students)

@@ -61,10 +61,15 @@ from ..core import (
     shifted_window_mask,
     stage_geometry,
     student_from_teacher,
+    take_indices,
 )
 from ..core import delta as deltas
+from ..core.attention import mix_weights, mixed_attention
 from ..errors import ConfigError
 from ..spec import ALL, MultiplexSpec, as_spec
+
+ARCHITECTURE = "multiplexed_swin"
+"""The timm entrypoint (:mod:`minivit.zoo.students`) that rebuilds a student from its ``arch_args`` and spec."""
 
 
 def resolve_share(depths: Sequence[int], share=None, unique_blocks=None) -> list[int]:
@@ -136,24 +141,11 @@ class SharedWindowAttention(nn.Module):
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0
             )
         else:
-            # logits + bias -> Fpre -> + mask -> softmax -> Fpost. Fpre is affine over heads, so
-            # Fpre(A + bias) = W A + Fpre(bias): the small (1 or nW, H, N, N) terms are formed first and the big
-            # (B * nW, H, N, N) tensor is touched by one add; Fpost's bias is fused into its matmul.
-            h = self.num_heads
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if layer.pre_mix is not None:
-                w = layer.pre_mix.weight.expand(b, h, h)  # bmm: matmul with an (H, H) matrix transposes copies
-                attn = torch.bmm(w, attn.reshape(b, h, n * n)).view(b, h, n, n)
-                bias = layer.pre_mix(bias)
-            if mask is not None:
-                nw = mask.shape[0]
-                attn = (attn.view(-1, nw, h, n, n) + (bias + mask.unsqueeze(1)).unsqueeze(0)).view(b, h, n, n)
-            else:
-                attn = attn + bias
-            attn = attn.softmax(dim=-1)
-            if layer.post_mix is not None:
-                attn = layer.post_mix(attn)
-            x = self.attn_drop(attn) @ v
+            # logits + bias -> Fpre -> + mask -> softmax -> Fpost (core.attention; the inference path in eval mode)
+            x = mixed_attention(
+                q, k, v, self.scale, **mix_weights(layer.pre_mix, layer.post_mix), bias=bias, mask=mask,
+                dropout_p=self.attn_drop.p if self.training else 0.0, fast=not self.training,
+            )
         x = x.transpose(1, 2).reshape(b, n, -1)
         return self.proj_drop(deltas.linear(self.proj, x, None if d is None else d.proj))
 
@@ -506,6 +498,53 @@ class MultiplexedSwinTransformer(nn.Module):
             self.global_pool = global_pool
         self.arch_args.update(num_classes=num_classes, global_pool=self.global_pool)
 
+    @staticmethod
+    def feature_cfg(kwargs: dict) -> dict:
+        """timm's ``feature_cfg`` for ``features_only=True`` (pops ``out_indices``; default every stage)."""
+        stages = len(kwargs.get("depths", (2, 2, 6, 2)))
+        return dict(flatten_sequential=True, out_indices=kwargs.pop("out_indices", tuple(range(stages))))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """timm's ``forward_intermediates``: per stage, its output as an NCHW map (the last one final-normed if
+        ``norm``); with the final features unless ``intermediates_only``."""
+        if output_fmt != "NCHW":
+            raise ConfigError(f"output_fmt {output_fmt!r} is not supported", "Swin stage maps are NCHW")
+        take, last = take_indices(len(self.layers), indices)
+        x = self.patch_embed(x)
+        out, final = [], len(self.layers) - 1
+        stages = self.layers[: last + 1] if stop_early else self.layers
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                y = self.norm(x) if norm and i == final else x
+                out.append(y.permute(0, 3, 1, 2).contiguous())
+        if intermediates_only:
+            return out
+        return (self.norm(x) if len(stages) - 1 == final else x), out
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last one ``indices`` needs, and the norm / head, as timm's Swin."""
+        take, last = take_indices(len(self.layers), indices)
+        cut = last < len(self.layers) - 1
+        if prune_norm or cut:
+            self.norm = nn.Identity()  # sized for the last stage
+        self.layers = self.layers[: last + 1]
+        if cut:
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+        if prune_head or cut:
+            self.reset_classifier(0, "")
+        return take
+
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x)
         x = self.layers(x)
@@ -587,14 +626,16 @@ def from_teacher(teacher: SwinTransformer, spec: MultiplexSpec) -> MultiplexedSw
         raise ConfigError("the model is already multiplexed", "pass the original (teacher) Swin")
     args = describe_swin(teacher)
     sources = [list(stage.blocks) for stage in teacher.layers]
-    return student_from_teacher(teacher, MultiplexedSwinTransformer, args, spec, sources, lambda k: ".blocks." in k)
+    return student_from_teacher(
+        teacher, MultiplexedSwinTransformer, args, spec, sources, lambda k: ".blocks." in k, architecture=ARCHITECTURE
+    )
 
 
 FAMILY = Family(
     name="swin",
     teacher_types=(SwinTransformer,),
     student_type=MultiplexedSwinTransformer,
-    config_name="multiplexed_swin",
+    config_name=ARCHITECTURE,
     from_teacher=from_teacher,
     legacy_spec={"mlp_residual": False},  # the only MLP transform form before the residual one existed
 )

@@ -32,10 +32,15 @@ from ..core import (
     num_product_buckets,
     product_bucket_index,
     student_from_teacher,
+    take_indices,
 )
 from ..core import delta as deltas
+from ..core.attention import mix_weights, mixed_attention
 from ..errors import ConfigError
 from ..spec import ALL, MultiplexSpec, as_spec
+
+ARCHITECTURE = "multiplexed_vit"
+"""The timm entrypoint (:mod:`minivit.zoo.students`) that rebuilds a student from its ``arch_args`` and spec."""
 
 
 class SharedAttention(nn.Module):
@@ -70,19 +75,15 @@ class SharedAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
-            # explicit attention: one copy makes q, k, v contiguous so the batched products below copy nothing
+            # explicit attention: one copy makes q, k, v contiguous so the batched products copy nothing;
+            # in eval mode the inference path (same result to float rounding, see core.attention)
             q, k, v = qkv.contiguous().unbind(0)
             q, k = self.q_norm(q), self.k_norm(k)
-            q = q * self.scale
-            attn = q @ k.transpose(-2, -1)
-            if layer.rpe is not None:
-                attn = attn + layer.rpe(q, self.rpe_index)
-            if layer.pre_mix is not None:
-                attn = layer.pre_mix(attn)
-            attn = attn.softmax(dim=-1)
-            if layer.post_mix is not None:
-                attn = layer.post_mix(attn)
-            x = self.attn_drop(attn) @ v
+            x = mixed_attention(
+                q, k, v, self.scale, **mix_weights(layer.pre_mix, layer.post_mix),
+                rpe_table=None if layer.rpe is None else layer.rpe.weight, rpe_index=self.rpe_index,
+                dropout_p=self.attn_drop.p if self.training else 0.0, fast=not self.training,
+            )
         x = self.norm(x.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
         return self.proj_drop(deltas.linear(self.proj, x, None if d is None else d.proj))
 
@@ -205,13 +206,86 @@ class MultiplexedVisionTransformer(VisionTransformer):
         self.arch_args = dict(arch_args, norm_eps=norm_eps)
         blocks = self.blocks if sources is None else sources[0]
         self.blocks = multiplex_vit_blocks(blocks, spec, tuple(self.patch_embed.grid_size), self.num_prefix_tokens)
+        self.feature_info = [  # one entry per layer (timm's: per block), named by the layer's output tap
+            dict(info, module=f"blocks.{g}.layers.{r}.block_out")
+            for info, (g, r) in zip(self.feature_info, self._layer_positions())
+        ]
+
+    def _layer_positions(self) -> list[tuple[int, int]]:
+        return [(g, r) for g, group in enumerate(self.blocks) for r in range(len(group.layers))]
 
     @property
     def depth(self) -> int:
         return sum(g.share for g in self.blocks if isinstance(g, Multiplexed))
 
-    def forward_intermediates(self, *args, **kwargs):  # timm's version indexes blocks as layers
-        raise NotImplementedError("use minivit.distill hooks to read per-layer features")
+    @staticmethod
+    def feature_cfg(kwargs: dict) -> dict:
+        """timm's ``feature_cfg`` for ``features_only=True`` (pops ``out_indices``; default the last 3 layers)."""
+        return dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter")
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ):
+        """timm's ``forward_intermediates``, per *layer* (``indices`` count every layer of every group): the
+        layer outputs (final-normed if ``norm``) as NCHW maps or NLC tokens, prefix tokens split off."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ConfigError(f"output_fmt {output_fmt!r} is not supported", "use NCHW or NLC")
+        if attn_mask is not None or is_causal:
+            raise ConfigError("attention masks are not supported by multiplexed layers", "drop attn_mask/is_causal")
+        layers = [(g.shared, layer) for g in self.blocks for layer in g.layers]
+        take, last = take_indices(len(layers), indices)
+        b, _, height, width = x.shape
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        out = []
+        for i, (shared, layer) in enumerate(layers[: last + 1] if stop_early else layers):
+            x = shared(x, layer)
+            if i in take:
+                out.append(self.norm(x) if norm else x)
+        prefix = [y[:, : self.num_prefix_tokens] for y in out] if self.num_prefix_tokens else None
+        out = [y[:, self.num_prefix_tokens :] for y in out]
+        if output_fmt == "NCHW":
+            h, w = self.patch_embed.dynamic_feat_size((height, width))
+            out = [y.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous() for y in out]
+        if output_dict:
+            result = {"image_intermediates": out}
+            if prefix is not None and return_prefix_tokens:
+                result["image_intermediates_prefix"] = prefix
+            if not intermediates_only:
+                result["image_features"] = self.norm(x)
+            return result
+        if return_prefix_tokens and prefix is not None:
+            out = list(zip(out, prefix))
+        return out if intermediates_only else (self.norm(x), out)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the layers after the last one ``indices`` needs (a group may keep only its first layers), and
+        the final norm / head on request, as timm's ``prune_intermediate_layers``; returns the kept indices."""
+        take, last = take_indices(self.depth, indices)
+        groups, left = [], last + 1
+        for group in self.blocks:
+            if left <= 0:
+                break
+            groups.append(group if group.share <= left else Multiplexed(group.shared, list(group.layers)[:left]))
+            left -= group.share
+        self.blocks = nn.Sequential(*groups)
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0, "")
+        return take
 
 
 _ACT_NAMES = {"GELU": "gelu", "QuickGELU": "quick_gelu", "GELUTanh": "gelu_tanh", "SiLU": "silu", "ReLU": "relu"}
@@ -289,14 +363,15 @@ def from_teacher(teacher: VisionTransformer, spec: MultiplexSpec) -> Multiplexed
     args = describe_vit(teacher)
     args = {k: tuple(v) if k in ("img_size", "patch_size") else v for k, v in args.items()}
     return student_from_teacher(
-        teacher, MultiplexedVisionTransformer, args, spec, [list(teacher.blocks)], lambda k: k.startswith("blocks.")
-    )
+        teacher, MultiplexedVisionTransformer, args, spec, [list(teacher.blocks)], lambda k: k.startswith("blocks."),
+        architecture=ARCHITECTURE,
+    )  # fmt: skip
 
 
 FAMILY = Family(
     name="vit",
     teacher_types=(VisionTransformer,),
     student_type=MultiplexedVisionTransformer,
-    config_name="multiplexed_vit",
+    config_name=ARCHITECTURE,
     from_teacher=from_teacher,
 )

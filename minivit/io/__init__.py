@@ -12,6 +12,7 @@ from .atomic import (
     staging,
     write_failure,
 )
+from .hub import model_card, push_to_hub
 from .lock import LOCK_NAME, OutputInUse, lock_output, locks_output
 from .official import load_official
 from .pretrained import (
@@ -19,9 +20,11 @@ from .pretrained import (
     WEIGHTS_NAME,
     build_from_config,
     from_pretrained,
+    hub_pretrained_cfg,
     load_weights,
     model_config,
     read_config,
+    restore_data_config,
     save_pretrained,
 )
 from .state_dict import load_state_dict_checked, read_weights
@@ -40,14 +43,18 @@ __all__ = [
     "commit",
     "failure_cause",
     "from_pretrained",
+    "hub_pretrained_cfg",
     "load_official",
     "load_state_dict_checked",
     "load_weights",
     "lock_output",
     "locks_output",
+    "model_card",
     "model_config",
+    "push_to_hub",
     "read_config",
     "read_weights",
+    "restore_data_config",
     "save_pretrained",
     "staging",
     "write_failure",

@@ -80,11 +80,15 @@ def release_cfg(file: str, **kwargs) -> dict:
 
 
 def official_filter(table: KeyRules) -> Callable[[dict, nn.Module], dict]:
-    """timm's ``pretrained_filter_fn`` for the authors' release: unwrap ``{"model": ...}`` and rename."""
+    """timm's ``pretrained_filter_fn`` for the authors' release: unwrap ``{"model": ...}`` and rename. A state
+    dict already in the model's own layout (a folder minivit saved, loaded by ``timm.create_model("local-dir:...")``)
+    passes unchanged."""
 
     def filter_fn(state_dict, model):
         if "model" in state_dict:
             state_dict = state_dict["model"]
+        if set(state_dict) <= set(model.state_dict()):
+            return state_dict
         return rename_keys(state_dict, table)
 
     return filter_fn
@@ -96,7 +100,9 @@ def split_spec_options(kwargs: dict) -> dict:
 
 
 def build_release(model_cls: type, variant: str, pretrained: bool, table: KeyRules, **kwargs) -> nn.Module:
-    """timm's ``build_model_with_cfg`` for a released Mini-* model whose weights are in the authors' layout."""
+    """timm's ``build_model_with_cfg`` for a released Mini-* model whose weights are in the authors' layout
+    (``features_only=True`` and ``out_indices`` as for timm's ViT and Swin)."""
+    feature_cfg = model_cls.feature_cfg(kwargs)
     return build_model_with_cfg(
-        model_cls, variant, pretrained, pretrained_filter_fn=official_filter(table), feature_cfg=None, **kwargs
+        model_cls, variant, pretrained, pretrained_filter_fn=official_filter(table), feature_cfg=feature_cfg, **kwargs
     )

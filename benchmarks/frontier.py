@@ -1,0 +1,329 @@
+"""Accuracy per byte: minivit against what a user would do instead, at the same budget (Fashion-MNIST, CPU).
+
+One teacher (a 12-block ViT, trained on all 60k images with augmentation until it stops improving) is
+compressed to about 1/2, 1/4 and 1/12 of its block bytes by
+
+* ``minivit``  the ``compress`` defaults at that budget (``minivit.recipe.plan``: share number and delta rank),
+* ``naive``    plain sharing (no transforms, shared norms) at the same share number,
+* ``drop``     keeping every k-th block of the teacher,
+
+all initialised from the teacher and distilled the same way for the same number of steps; then every
+student and the teacher are quantised to int8 with the exporter's own dynamic int8
+(:func:`minivit.export.quantize_dynamic_int8`) and evaluated again. Bytes are those of the saved state
+dict (:func:`minivit.export.state_dict_bytes`: fp32 and int8 measured alike). Rows within 0.5 top-1 points of
+one another get a second seed.
+
+Outputs (``--out``, default ``benchmarks/results``): ``frontier.json``, ``frontier.md``,
+``frontier_bytes.png`` (top-1 vs stored MB) and ``frontier_latency.png`` (top-1 vs CPU latency), each with
+its Pareto front marked.
+
+    python benchmarks/frontier.py                      # the committed run (reuses --teacher when present)
+    python benchmarks/frontier.py --quick              # a smoke run on a small subset, minutes
+    python benchmarks/frontier.py --rows minivit:4 naive:4 drop:4 --student-epochs 2   # some rows only
+
+PyTorch's CPU threads slow down many times when another busy process shares the cores: run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import minivit
+from minivit.analysis import markdown_table, plot_scatter_labelled
+from minivit.data import build_dataset
+from minivit.distill import DistillationObjective, DistillConfig
+from minivit.distill.cache import cache_teacher_logits
+from minivit.export import quantize_dynamic_int8, state_dict_bytes
+from minivit.families import build_vit, describe_vit
+from minivit.measure import latency_ms, tensor_bytes
+from minivit.recipe import plan
+from minivit.train import TrainConfig, evaluate, fit
+from minivit.train.data import WithTeacherLogits
+
+KINDS = ("minivit", "naive", "drop")
+BUDGETS = (2, 4, 12)  # fraction 1/k of the teacher's block bytes
+
+
+def teacher_args(a) -> dict:
+    return dict(img_size=28, patch_size=a.patch, in_chans=1, num_classes=10, depth=a.depth, embed_dim=a.width,
+                num_heads=a.heads, mlp_ratio=a.mlp_ratio)
+
+
+def train_teacher(a, train, val, folder: Path, log) -> nn.Module:
+    """Train the teacher with augmentation until the last ``patience`` epochs gain < ``min_gain`` points."""
+    teacher = minivit.create_model("vit_tiny_patch16_224", **teacher_args(a))
+    train_aug = build_dataset(a.data, "train", 28, 1, True, limit=a.train_limit)
+    cfg = TrainConfig(epochs=a.teacher_epochs, batch_size=128, lr=2e-3, warmup_epochs=1.0, seed=0, progress=False)
+    fit(minivit.distill.SupervisedObjective(teacher), train_aug, val, cfg, folder, log=log)
+    minivit.save_pretrained(teacher, folder)
+    return teacher
+
+
+def teacher_history(folder: Path) -> list[float]:
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line).get("val_top1") for line in path.read_text().splitlines() if line.strip()]
+
+
+def converged(history: list[float], patience: int = 2, min_gain: float = 0.1) -> dict:
+    """The criterion: the best of the last ``patience`` epochs beats the best before them by < ``min_gain``."""
+    if len(history) <= patience:
+        return {"held": False, "gain": None}
+    gain = max(history[-patience:]) - max(history[:-patience])
+    return {"held": gain < min_gain, "gain": round(gain, 3), "patience": patience, "min_gain": min_gain}
+
+
+def dropped(teacher: nn.Module, k: int) -> nn.Module:
+    """The teacher with every k-th block kept (blocks k-1, 2k-1, ...), everything else copied."""
+    depth = len(teacher.blocks)
+    student = build_vit(dict(describe_vit(teacher), depth=depth // k))
+    state = {n: v for n, v in teacher.state_dict().items() if not n.startswith("blocks.")}
+    for j, i in enumerate(range(k - 1, depth, k)):
+        state.update({f"blocks.{j}.{n}": v for n, v in teacher.blocks[i].state_dict().items()})
+    student.load_state_dict(state)
+    return student
+
+
+def budget_fraction(teacher: nn.Module, k: int) -> float:
+    """The budget of row 1/k: the bytes of the teacher with every k-th block kept (the layer-dropping student);
+    for a single block (k = depth) no minivit student is smaller than one shared block with per-layer parts,
+    so the budget is that student's bytes."""
+    if k >= len(teacher.blocks):
+        return tensor_bytes(minivit.multiplex(teacher, share=k)) / tensor_bytes(teacher)
+    return tensor_bytes(dropped(teacher, k)) / tensor_bytes(teacher)
+
+
+def make_student(kind: str, k: int, teacher: nn.Module) -> tuple[nn.Module, dict]:
+    if kind == "minivit":
+        spec = plan(teacher, budget_fraction(teacher, k)).spec  # what `compress --budget F` builds
+        return minivit.multiplex(teacher, spec), spec.to_dict()
+    if kind == "naive":
+        spec = minivit.MultiplexSpec(share=k, transforms=False, separate_norms=False)
+        return minivit.multiplex(teacher, spec), spec.to_dict()
+    if kind == "drop":
+        return dropped(teacher, k), {"kept_blocks": len(teacher.blocks) // k}
+    raise ValueError(kind)
+
+
+def train_student(kind, k, seed, teacher, train, val, logits, a, work: Path, log) -> tuple[nn.Module, dict]:
+    torch.manual_seed(seed)
+    student, how = make_student(kind, k, teacher)
+    distill = DistillConfig(**a.distill)
+    train_set = WithTeacherLogits(train, logits) if distill.cache_teacher_logits else train
+    objective = DistillationObjective(student, copy.deepcopy(teacher), distill)
+    cfg = TrainConfig(epochs=a.student_epochs, batch_size=128, lr=a.lr, min_lr=1e-5, warmup_epochs=a.warmup,
+                      weight_decay=0.05, seed=seed, progress=False)
+    start = time.perf_counter()
+    fit(objective, train_set, val, cfg, work / f"{kind}_{k}_seed{seed}", log=log)
+    objective.remove_hooks()
+    seconds = time.perf_counter() - start
+    student.eval()
+    return student, {"how": how, "train_s": round(seconds, 1)}
+
+
+def measure(model: nn.Module, val, a) -> dict:
+    model.eval()
+    return {
+        "top1": evaluate(model, val, batch_size=512)["top1"],
+        "bytes": state_dict_bytes(model),
+        "latency_ms": latency_ms(model, (1, 1, 28, 28), runs=a.latency_runs),
+    }
+
+
+def row_record(name: str, kind: str, k, int8: bool, runs: list[dict], extra: dict) -> dict:
+    top1 = [r["top1"] for r in runs]
+    return {
+        "name": name, "kind": kind, "budget": f"1/{k}" if k else "teacher", "int8": int8,
+        "top1": round(statistics.mean(top1), 3), "top1_seeds": [round(t, 3) for t in top1],
+        "top1_std": round(statistics.stdev(top1), 3) if len(top1) > 1 else None,
+        "bytes": runs[0]["bytes"], "mb": round(runs[0]["bytes"] / 1e6, 4),
+        "latency_ms": round(statistics.median(r["latency_ms"] for r in runs), 4), **extra,
+    }
+
+
+def pareto(rows: list[dict], key: str) -> set[str]:
+    """Names of the rows no other row beats on both ``key`` (lower is better) and top-1."""
+    front = set()
+    for r in rows:
+        if not any(o[key] <= r[key] and o["top1"] > r["top1"] or o[key] < r[key] and o["top1"] >= r["top1"]
+                   for o in rows):
+            front.add(r["name"])
+    return front
+
+
+def checks(rows: dict[str, dict], teacher_top1: float) -> list[dict]:
+    """The acceptance targets, read off the rows (fp32 and int8 alike are 'baselines of no more bytes')."""
+    out = []
+    targets = {2: (0.2, 0.0), 4: (0.5, 0.5), 12: (2.0, 1.0)}
+    for k, (drop, margin) in targets.items():
+        best = max((r for r in rows.values() if r["kind"] == "minivit" and r["budget"] == f"1/{k}"),
+                   key=lambda r: r["top1"], default=None)
+        if best is None:
+            continue
+        rivals = [r for r in rows.values() if r["kind"] in ("naive", "drop", "teacher") and r["bytes"] <= best["bytes"]]
+        rival = max(rivals, key=lambda r: r["top1"], default=None)
+        out.append({
+            "target": f"1/{k}: minivit >= teacher - {drop}", "values": f"{best['top1']:.2f} vs {teacher_top1:.2f}",
+            "held": best["top1"] >= teacher_top1 - drop,
+        })
+        if rival is not None:
+            out.append({
+                "target": f"1/{k}: minivit >= best baseline of no more bytes + {margin}",
+                "values": f"{best['top1']:.2f} vs {rival['name']} {rival['top1']:.2f}",
+                "held": best["top1"] >= rival["top1"] + margin,
+            })
+    small = [r for r in rows.values() if r["kind"] == "minivit" and r["bytes"] <= rows["teacher"]["bytes"] / 8]
+    if small:
+        best = max(small, key=lambda r: r["top1"])
+        out.append({"target": "a student at <= 1/8 of the fp32 teacher's bytes within 0.5 of the teacher",
+                    "values": f"{best['name']} {best['top1']:.2f} vs {teacher_top1:.2f}",
+                    "held": best["top1"] >= teacher_top1 - 0.5})
+    return out
+
+
+def parse_rows(items: list[str]) -> list[tuple[str, int]]:
+    rows = []
+    for item in items:
+        kind, _, k = item.partition(":")
+        if kind not in KINDS or not k.isdigit():
+            raise SystemExit(f"bad row {item!r}: use KIND:K with KIND in {KINDS}, e.g. minivit:4")
+        rows.append((kind, int(k)))
+    return rows
+
+
+def arguments(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 3k images, 1 epoch, one seed")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--work", default=None, help="folder for the student runs (default: a temp folder)")
+    p.add_argument("--teacher", default="runs/frontier/teacher", help="trained teacher folder (reused, or made)")
+    p.add_argument("--teacher-epochs", type=int, default=15)
+    p.add_argument("--depth", type=int, default=12)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--mlp-ratio", type=float, default=2.0)
+    p.add_argument("--patch", type=int, default=7)
+    p.add_argument("--student-epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=float, default=0.1)
+    p.add_argument("--distill", type=json.loads, default=None,
+                   help='DistillConfig fields as JSON (default: the compress defaults), e.g. \'{"beta": 0}\'')
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds for rows within 0.5 points")
+    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--latency-runs", type=int, default=50)
+    p.add_argument("--rows", nargs="+", default=[f"{kind}:{k}" for k in BUDGETS for kind in KINDS])
+    a = p.parse_args(argv)
+    if a.quick:
+        a.train_limit, a.student_epochs, a.seeds, a.latency_runs = 3000, 1, a.seeds[:1], 5
+    if a.distill is None:
+        a.distill = {}
+    return a
+
+
+def main(argv=None) -> None:
+    a = arguments(argv)
+    rows_wanted = parse_rows(a.rows)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="minivit-frontier-"))
+    lines: list[str] = []
+
+    def log(msg: str) -> None:
+        lines.append(msg)
+        print(msg, flush=True)
+
+    t0 = time.perf_counter()
+    train = build_dataset(a.data, "train", 28, 1, limit=a.train_limit)
+    val = build_dataset(a.data, "val", 28, 1)
+    folder = Path(a.teacher)
+    if (folder / "model.safetensors").is_file():
+        teacher = minivit.from_pretrained(folder)
+        log(f"teacher reused from {folder}")
+    else:
+        teacher = train_teacher(a, train, val, folder, log)
+    teacher.eval()
+    history = teacher_history(folder)
+    crit = converged(history)
+    log(f"teacher: history {history}; converged {crit}")
+    logits = cache_teacher_logits(teacher, train, work / "teacher_logits.pt", {"teacher": str(folder), "n": len(train)})
+
+    results: dict[str, dict] = {}
+    teacher_m = measure(teacher, val, a)
+    results["teacher"] = row_record("teacher", "teacher", None, False, [teacher_m], {"history": history})
+    q = quantize_dynamic_int8(teacher)
+    results["teacher_int8"] = row_record("teacher_int8", "teacher", None, True, [measure(q, val, a)], {})
+    log(f"[{time.perf_counter() - t0:6.0f}s] teacher {teacher_m['top1']:.2f} ({teacher_m['bytes']:,} B)")
+
+    runs: dict[str, list] = {}
+    for kind, k in rows_wanted:
+        name = f"{kind}_1/{k}"
+        student, info = train_student(kind, k, a.seeds[0], teacher, train, val, logits, a, work, log)
+        runs[name] = [(measure(student, val, a), measure(quantize_dynamic_int8(student), val, a), info)]
+        log(f"[{time.perf_counter() - t0:6.0f}s] {name}: {runs[name][0][0]['top1']:.2f} "
+            f"int8 {runs[name][0][1]['top1']:.2f} ({runs[name][0][0]['bytes']:,} B) {info['how']}")
+
+    # second seeds where two rows of one budget are within 0.5 points
+    for s in a.seeds[1:]:
+        close = set()
+        for k in BUDGETS:
+            names = [n for n in runs if n.endswith(f"_1/{k}")]
+            for x in names:
+                for y in names:
+                    if x < y and abs(runs[x][0][0]["top1"] - runs[y][0][0]["top1"]) < 0.5:
+                        close |= {x, y}
+        for name in sorted(close):
+            kind, k = name.split("_1/")[0], int(name.split("_1/")[1])
+            student, info = train_student(kind, k, s, teacher, train, val, logits, a, work, log)
+            runs[name].append((measure(student, val, a), measure(quantize_dynamic_int8(student), val, a), info))
+            log(f"[{time.perf_counter() - t0:6.0f}s] {name} seed {s}: {runs[name][-1][0]['top1']:.2f}")
+
+    for name, rs in runs.items():
+        kind, k = name.split("_1/")[0], int(name.split("_1/")[1])
+        extra = {"how": rs[0][2]["how"], "train_s": rs[0][2]["train_s"]}
+        results[name] = row_record(name, kind, k, False, [r[0] for r in rs], extra)
+        results[name + "_int8"] = row_record(name + "_int8", kind, k, True, [r[1] for r in rs], extra)
+    write_results(results, checks(results, results["teacher"]["top1"]), crit, a, out, t0, argv)
+    log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; wrote {out / 'frontier.json'}")
+
+
+def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0: float, argv) -> None:
+    rows = list(results.values())
+    plots = []
+    for key, label, fname in (("mb", "stored MB", "frontier_bytes.png"), ("latency_ms", "CPU latency, batch 1 (ms)",
+                                                                           "frontier_latency.png")):
+        front = pareto(rows, key)
+        pts = [(r[key], r["top1"], ("* " if r["name"] in front else "") + r["name"]) for r in rows]
+        plot_scatter_labelled(pts, f"Top-1 vs {label} (Fashion-MNIST; * = Pareto front)", label, "top-1 (%)",
+                              out / fname, logx=True)
+        plots.append(fname)
+    total = time.perf_counter() - t0
+    command = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])])
+    result = {"rows": rows, "targets": held, "teacher_converged": crit, "command": command,
+              "config": {k: v for k, v in vars(a).items()}, "total_seconds": round(total, 1),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "plots": plots}
+    name = "frontier_quick" if a.quick else "frontier"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    cols = ["name", "budget", "int8", "top1", "top1_std", "mb", "latency_ms"]
+    md = [f"# Accuracy per byte on Fashion-MNIST ({'quick' if a.quick else 'full'} run)", "",
+          f"Command: `{command}`  ", f"Total time: {total / 60:.1f} min on {torch.get_num_threads()} threads  ",
+          f"Teacher convergence (best of last 2 epochs vs before, < 0.1 point): {crit}", "",
+          markdown_table(sorted(rows, key=lambda r: -r["bytes"]), cols), "", "## Targets", "",
+          markdown_table(held), ""] + [f"![{p}]({p})" for p in plots]
+    (out / f"{name}.md").write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()

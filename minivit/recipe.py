@@ -1,0 +1,143 @@
+"""The compression recipe: from a byte budget to a :class:`~minivit.MultiplexSpec`.
+
+``plan(teacher, budget)`` answers "what should I build to keep ``budget`` (a fraction) of my teacher's stored
+bytes?" with a share number and a delta rank (relaxed sharing), and the bytes that student will take. The
+rule comes from the accuracy-per-byte benchmark (``benchmarks/frontier.py``, results in
+``benchmarks/results/frontier.md``); :data:`RULE` says which rule is in force.
+
+Sizes are computed without building the candidates: a student's bytes are the teacher's bytes outside the
+transformer blocks, plus one block per group, plus each layer's own parts (norms, head mixing) and its
+deltas (``r * (in + out) + out`` numbers per corrected map, see :mod:`minivit.core.delta`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .core.delta import block_linears
+from .errors import ConfigError
+from .spec import MultiplexSpec
+
+RULE = ("among the share numbers whose student fits (each with the largest delta rank that fits) and the two "
+        "weight inits (first, mean), the one whose initial weights are closest to the teacher's (relative squared "
+        "error of the shared + delta weights)")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`plan` picked: the spec, the student's estimated bytes and the fraction of the teacher's."""
+
+    spec: MultiplexSpec
+    bytes: int
+    teacher_bytes: int
+
+    @property
+    def fraction(self) -> float:
+        return self.bytes / self.teacher_bytes
+
+    def describe(self) -> str:
+        s = self.spec
+        rank = f", delta rank {s.delta_rank}" if s.delta_rank else ""
+        return (f"share {s.share}{rank}, init {s.init}: about {self.bytes / 1e6:.3f} MB, "
+                f"{self.fraction:.3f} of the teacher's {self.teacher_bytes / 1e6:.3f} MB")
+
+
+def _blocks(teacher: nn.Module) -> list[list[nn.Module]]:
+    """The teacher's transformer blocks, one list per stack (one for a ViT, one per stage for a Swin)."""
+    if hasattr(teacher, "layers") and all(hasattr(s, "blocks") for s in teacher.layers):
+        return [list(s.blocks) for s in teacher.layers]
+    if hasattr(teacher, "blocks"):
+        return [list(teacher.blocks)]
+    raise ConfigError(f"cannot find the transformer blocks of a {type(teacher).__name__}", "pass a timm ViT or Swin")
+
+
+def _delta_numbers(stacks: list[list[nn.Module]], share: int, rank: int) -> int:
+    """Numbers the rank-``rank`` deltas add: ``rank * (in + out) + out`` per corrected map, per layer."""
+    if not rank:
+        return 0
+    n = 0
+    for blocks in stacks:
+        if min(share, len(blocks)) == 1:
+            continue
+        maps = block_linears(blocks[0]).values()
+        per_layer = sum(rank * (m.in_features + m.out_features) + (m.out_features if m.bias is not None else 0)
+                        for m in maps)
+        n += len(blocks) * per_layer
+    return n
+
+
+def _elem(teacher: nn.Module) -> int:
+    return next(teacher.parameters()).element_size()
+
+
+def _base_bytes(teacher: nn.Module, spec: MultiplexSpec) -> int:
+    """Exact bytes of the student without deltas (built: cheap, no SVD)."""
+    from .measure import tensor_bytes
+    from .multiplex import multiplex
+
+    return tensor_bytes(multiplex(teacher, spec.replace(delta_rank=0)))
+
+
+def estimate_bytes(teacher: nn.Module, share: int, delta_rank: int = 0, spec: MultiplexSpec | None = None) -> int:
+    """Bytes of ``multiplex(teacher, spec with share and delta_rank)``'s weights."""
+    spec = (spec or MultiplexSpec()).replace(share=share, delta_rank=delta_rank)
+    return _base_bytes(teacher, spec) + _delta_numbers(_blocks(teacher), share, delta_rank) * _elem(teacher)
+
+
+def start_error(teacher: nn.Module, share: int, rank: int, init: str = "first") -> float:
+    """How far the student starts from its teacher: ``sum ||W_l - (W_shared + delta_l)||^2 / sum ||W_l||^2``
+    over the corrected maps (qkv, proj, fc1, fc2) of every layer, with the rank-``rank`` SVD deltas."""
+    import torch
+
+    err = total = 0.0
+    with torch.no_grad():
+        for blocks in _blocks(teacher):
+            k = min(share, len(blocks))
+            for g in range(0, len(blocks), k):
+                group = [block_linears(b) for b in blocks[g : g + k]]
+                for name in group[0]:
+                    weights = torch.stack([lin[name].weight.detach().double() for lin in group])
+                    shared = weights.mean(0) if init == "mean" else weights[0]
+                    values = torch.linalg.svdvals(weights - shared)  # (k, min(out, in)), descending
+                    err += float(values[:, rank:].square().sum()) if k > 1 else 0.0
+                    total += float(weights.square().sum())
+    return err / total
+
+
+def plan(teacher: nn.Module, budget: float, spec: MultiplexSpec | None = None, max_rank: int = 256,
+         inits: tuple[str, ...] = ("first", "mean")) -> Plan:
+    """The student for ``budget`` (a fraction of the teacher's stored bytes, 0 < budget <= 1) by :data:`RULE`.
+
+    The candidates are the share numbers that divide every stack's depth, each with the largest delta rank
+    whose bytes fit the budget, and the inits ``first`` and ``mean`` (``inits``); the one with the smallest
+    :func:`start_error` wins (ties: fewer bytes). The other fields of ``spec`` are kept.
+    """
+    if not 0 < budget <= 1:
+        raise ConfigError(f"budget must be a fraction in (0, 1], got {budget!r}", "e.g. --budget 0.25")
+    from .measure import tensor_bytes
+
+    spec = spec or MultiplexSpec()
+    stacks = _blocks(teacher)
+    teacher_bytes = tensor_bytes(teacher)
+    limit = budget * teacher_bytes
+    depths = [len(s) for s in stacks]
+    candidates = []
+    for k in (k for k in range(1, max(depths) + 1) if all(d % min(k, d) == 0 for d in depths)):
+        base = _base_bytes(teacher, spec.replace(share=k))
+        if base > limit:
+            continue
+        rank = 0
+        while rank < max_rank and k > 1 and base + _delta_numbers(stacks, k, rank + 1) * _elem(teacher) <= limit:
+            rank += 1
+        size = base + _delta_numbers(stacks, k, rank) * _elem(teacher)
+        candidates += [(start_error(teacher, k, rank, init), size, k, rank, init) for init in inits]
+    if not candidates:
+        raise ConfigError(f"no student fits {budget:.3f} of the teacher's stored bytes",
+                          "a single shared block (--share all) is the smallest; raise the budget")
+    _, size, k, rank, init = min(candidates)
+    return Plan(spec.replace(share=k, delta_rank=rank, init=init), size, teacher_bytes)
+
+
+__all__ = ["RULE", "Plan", "estimate_bytes", "plan", "start_error"]
