@@ -27,6 +27,7 @@ def multiplex(
             its fields override them, so ``multiplex(teacher, share=4)`` and
             ``multiplex(teacher, MultiplexSpec(share=4))`` are the same. An int as ``spec`` is taken as ``share``.
 
+    The student has the teacher's floating-point type (an fp16 teacher gives an fp16 student) and device.
     The input model is not modified. With ``share=1`` and the default options the student computes the same
     function as the input. The family (ViT or Swin) is picked by the model's type; the spec is stored whole
     as ``student.spec``.
@@ -45,4 +46,6 @@ def multiplex(
         model = model_or_name
     else:
         raise ConfigError(f"expected a timm model or model name, got {type(model_or_name).__name__}")
-    return family_of_teacher(model).from_teacher(model, spec)
+    student = family_of_teacher(model).from_teacher(model, spec)
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return student.to(dtypes.pop()) if len(dtypes) == 1 else student  # an fp16 teacher gives an fp16 student

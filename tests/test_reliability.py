@@ -1,8 +1,8 @@
-"""Issue 7 cases not covered elsewhere: corrupted model folders, code-carrying pickles, bad config.json,
+"""Reliability cases not covered elsewhere: corrupted model folders, code-carrying pickles, bad config.json,
 read-only output, SIGTERM mid-run, NaN/inf inputs, images smaller than a patch, negative epochs.
 
 Every CLI failure must be: exit code 2, one stderr line starting with ``error:``, no traceback, and no
-half-written output folder. docs/reliability.md maps each issue-7 case to the test covering it.
+half-written output folder. docs/reliability.md maps each case to the test covering it.
 """
 
 import json

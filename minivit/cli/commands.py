@@ -31,13 +31,21 @@ from torch import nn
 from ..data import AugmentConfig, DataConfig, apply_data_config, resolve_data_config
 from ..distill.config import DistillConfig, as_distill_config
 from ..errors import CheckpointError, ConfigError, MinivitError
-from ..io import atomic_write, build_from_config, from_pretrained, model_config, read_config, save_pretrained
+from ..io import (
+    atomic_write,
+    build_from_config,
+    from_pretrained,
+    locks_output,
+    model_config,
+    read_config,
+    save_pretrained,
+)
+from ..io.limits import build_named, check_finite
 from ..measure import count_parameters, infer_input_size, latency_ms, size_mb
 from ..spec import MultiplexSpec, as_spec
 from ..train.data import WithTeacherLogits
 from ..train.engine import TrainConfig, evaluate, fit, processes, say
 from ..train.state import LAST, load_checkpoint
-from ..zoo import create_model
 from .sources import load_user_weights, saved_data_config
 
 RUN_MARKERS = ("checkpoints", "report.json", "model.safetensors", "metrics.jsonl")
@@ -101,14 +109,23 @@ def parse_value(text: str):
     return tuple(value) if isinstance(value, list) else value
 
 
-def parse_model_args(items) -> dict:
-    """``["img_size=32", "depth=4"]`` -> ``{"img_size": 32, "depth": 4}``."""
+def parse_model_args(items, option: str = "--model-args") -> dict:
+    """``["img_size=32", "depth=4"]`` -> ``{"img_size": 32, "depth": 4}``; a key given twice, an empty value
+    or an unclosed bracket is refused naming ``option``."""
     out = {}
     for item in items or ():
         key, sep, value = item.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ConfigError(f"bad model argument {item!r}", "write key=value, e.g. depth=4 embed_dim=64")
-        out[key.strip()] = parse_value(value)
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"bad {option} item {item!r}", "write key=value, e.g. depth=4 embed_dim=64")
+        if key in out:
+            raise ConfigError(f"{option} gives {key} twice ({key}={value})", f"keep one {key}=...")
+        if not value.strip():
+            raise ConfigError(f"{option} {key}= has no value", f"write {key}=<value>, e.g. depth=4")
+        parsed = parse_value(value)
+        if isinstance(parsed, str) and (value.strip()[:1] in "([{" or value.strip()[-1:] in ")]}"):
+            raise ConfigError(f"{option} {key}={value} is not a valid value", f"write e.g. {key}=32 or {key}=32,32")
+        out[key] = parsed
     return out
 
 
@@ -134,7 +151,7 @@ def load_model(spec: str, model_args: dict | None = None, pretrained: bool = Fal
         raise CheckpointError(
             f"model path not found: {spec}", "pass a saved model folder, a checkpoint or a model name"
         )
-    return named_model(spec, model_args or {}, pretrained=pretrained)
+    return named_model(spec, model_args or {}, pretrained=pretrained, flag="--teacher-args")
 
 
 def _from_training_checkpoint(path: Path) -> nn.Module:
@@ -150,10 +167,10 @@ def _from_training_checkpoint(path: Path) -> nn.Module:
     return apply_data_config(model, saved_data_config(model, state.get("config")))
 
 
-def named_model(name: str, args: dict, pretrained: bool = False) -> nn.Module:
+def named_model(name: str, args: dict, pretrained: bool = False, flag: str = "--model-args") -> nn.Module:
     """``create_model(name, pretrained=..., **args)`` with one clear line when the weights cannot be had."""
     try:
-        return create_model(name, pretrained=pretrained, **args)
+        return build_named(name, dict(args or {}), flag, pretrained=pretrained)
     except MinivitError:
         raise
     except Exception as e:  # downloads: no network, missing weights
@@ -166,7 +183,7 @@ def named_model(name: str, args: dict, pretrained: bool = False) -> nn.Module:
 
 def _no_args(model_args, spec):
     if model_args:
-        raise ConfigError(f"--model-args cannot change the saved model {spec}", "drop --model-args")
+        raise ConfigError(f"--teacher-args cannot change the saved model {spec}", "drop --teacher-args")
 
 
 def native_channels(data: str) -> int:
@@ -200,6 +217,11 @@ def load_data(data: str, data_config: DataConfig, augment: AugmentConfig | None 
 
 def check_classes(model: nn.Module, train, what: str = "model") -> None:
     n = getattr(model, "num_classes", None)
+    if n == 0:
+        raise ConfigError(
+            f"the {what} has no classifier head (num_classes=0)",
+            "drop num_classes from the arguments: it comes from the data" if what == "model" else "use a classifier",
+        )
     if n is not None and n != train.num_classes:
         raise ConfigError(
             f"the {what} has {n} classes but the data has {train.num_classes}",
@@ -227,6 +249,21 @@ def check_output(output, resume: bool, force: bool) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write to {probe}", "choose a writable --output folder")
     return out
+
+
+def export_folder(model_dir, fmt: str, output=None, int8: bool = False, force: bool = False) -> Path:
+    """The folder ``minivit export`` writes into; another model's or run's folder is refused unless ``force``."""
+    from ..export import default_output
+
+    out = Path(output).expanduser() if output else default_output(model_dir, fmt, int8)
+    folder = out if fmt == "safetensors" or out.is_dir() else out.parent
+    existing = [m for m in RUN_MARKERS if (folder / m).exists()]
+    if existing and not force and folder.resolve() != Path(model_dir).expanduser().resolve():
+        raise ConfigError(
+            f"--output {folder} holds another model or run ({', '.join(existing)})",
+            "choose another --output, or pass --force to write into it",
+        )
+    return folder
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -294,6 +331,7 @@ def _finish(model, out: Path, result: dict, report: dict, data_config: DataConfi
 # --------------------------------------------------------------------------- commands
 
 
+@locks_output("minivit train")
 def run_train(
     model: str,
     data: str,
@@ -371,6 +409,7 @@ def compress_configs(spec=None, distill=None, **options) -> tuple[MultiplexSpec,
     return spec, as_distill_config(distill, **{k: v for k, v in options.items() if k not in names})
 
 
+@locks_output("minivit compress")
 def run_compress(
     teacher: str,
     data: str,
@@ -469,10 +508,10 @@ def _teacher_and_data(teacher: str, teacher_args, checkpoint, data: str, run: Ru
     train, val = load_data(data, data_config, run.train_augment(), run.train_limit, run.val_limit)
     if checkpoint is not None:
         args = {"num_classes": train.num_classes, **(teacher_args or {})}
-        net = apply_data_config(named_model(teacher, args), data_config)
+        net = apply_data_config(named_model(teacher, args, flag="--teacher-args"), data_config)
         load_user_weights(net, checkpoint, run.log, what="--teacher-checkpoint")
     check_classes(net, train, "teacher")
-    return net.eval(), data_config, train, val
+    return check_finite(net, f"teacher {teacher}").eval(), data_config, train, val
 
 
 def _teacher_info(net: nn.Module, source: str, val, config: TrainConfig, data_config: DataConfig, main: bool) -> dict:
@@ -529,7 +568,7 @@ def run_eval(
     row per validation image (``path,label,pred,pred_name,prob``)."""
     from ..data import build_dataset, prediction_rows, write_predictions
 
-    net = load_model(model, pretrained=True).eval()
+    net = check_finite(load_model(model, pretrained=True), str(model)).eval()
     data_config = resolve_data_config(net)
     val = build_dataset(data, "val", data_config=data_config, limit=val_limit)
     if len(val) == 0:
@@ -585,8 +624,8 @@ def run_analyze(teacher: str, student: str, data: str, output, batches: int = 10
     from ..analysis.compare import analyze
     from ..data import build_dataset
 
-    t = load_model(teacher, pretrained=True).eval()
-    s = load_model(student, pretrained=True).eval()
+    t = check_finite(load_model(teacher, pretrained=True), str(teacher)).eval()
+    s = check_finite(load_model(student, pretrained=True), str(student)).eval()
     cfg_t, cfg_s = resolve_data_config(t), resolve_data_config(s)
     if cfg_t != cfg_s:
         raise ConfigError(

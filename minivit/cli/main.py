@@ -212,6 +212,7 @@ def _export_arguments(p) -> None:
     from ..export import add_export_arguments
 
     add_export_arguments(p)
+    p.add_argument("--force", action="store_true", help="write into a folder that holds another model or run")
 
 
 def _analyze_arguments(p) -> None:
@@ -332,7 +333,7 @@ def _compress(a) -> None:
         from_args(TrainConfig, a),
         spec=from_args(MultiplexSpec, a),
         distill=from_args(DistillConfig, a),
-        teacher_args=commands.parse_model_args(a.teacher_args),
+        teacher_args=commands.parse_model_args(a.teacher_args, "--teacher-args"),
         run=_run_options(a),
         teacher_checkpoint=a.teacher_checkpoint,
         budget=a.budget,
@@ -366,10 +367,11 @@ def _demo(a) -> None:
 def _export(a) -> None:
     from ..data import resolve_data_config
     from ..export import export_from_args, format_summary
+    from ..io import lock_output
     from . import commands
 
-    summary = export_from_args(a)
-    print(format_summary(summary))
+    with lock_output(commands.export_folder(a.model, a.format, a.output, a.int8, a.force), "minivit export"):
+        print(format_summary(export_from_args(a)))
     data_config = resolve_data_config(commands.load_model(a.model))
     print(f"  preprocessing (apply before the exported model): {commands.describe_data_config(data_config)}")
 

@@ -13,6 +13,7 @@ from .atomic import (
     write_failure,
 )
 from .hub import model_card, push_to_hub
+from .lock import LOCK_NAME, OutputInUse, lock_output, locks_output
 from .official import load_official
 from .pretrained import (
     CONFIG_NAME,
@@ -30,6 +31,8 @@ from .state_dict import load_state_dict_checked, read_weights
 
 __all__ = [
     "CONFIG_NAME",
+    "LOCK_NAME",
+    "OutputInUse",
     "TEMP_PREFIX",
     "WEIGHTS_NAME",
     "WRITE_HINT",
@@ -44,6 +47,8 @@ __all__ = [
     "load_official",
     "load_state_dict_checked",
     "load_weights",
+    "lock_output",
+    "locks_output",
     "model_card",
     "model_config",
     "push_to_hub",

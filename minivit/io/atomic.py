@@ -5,8 +5,9 @@
   the target is either its previous complete version or the new complete one.
 * :func:`atomic_folder` writes a set of files (``model.safetensors`` + ``config.json``): they are staged
   in a temporary folder inside the target's parent folder (same file system), then the staged folder is
-  renamed into place; when the target folder already exists (a run folder holding other files) each
-  staged file is renamed onto its name in it, in a stated order (the file readers look at first last).
+  renamed into place; when the target folder already exists (a run folder holding other files) they
+  are staged inside it and each staged file is renamed onto its name in it, in a stated order (the file
+  readers look at first last).
 * :func:`staging` + :func:`commit` are the two halves of :func:`atomic_folder`, for writers that stage
   several candidates and choose which files to keep (the exporters).
 
@@ -314,7 +315,8 @@ def atomic_folder(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise error(f"cannot write {directory}: it is a file", "pass a folder path")
-    with staging(directory.parent, directory.name, error=error) as tmp:
+    # an existing folder (a run folder) stages inside itself: a killed writer leaves nothing in the parent
+    with staging(directory if directory.is_dir() else directory.parent, directory.name, error=error) as tmp:
         try:
             yield tmp
         except (KeyboardInterrupt, SystemExit, MinivitError):

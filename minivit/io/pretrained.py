@@ -40,6 +40,7 @@ from ..families import build_vit, describe_vit, family_by_config_name, family_of
 from ..spec import MultiplexSpec
 from ..zoo import create_model
 from .atomic import atomic_folder
+from .limits import check_config_size, check_materialised
 from .state_dict import load_state_dict_checked, read_weights
 
 WEIGHTS_NAME = "model.safetensors"
@@ -151,6 +152,7 @@ def build_from_config(cfg: dict) -> nn.Module:
     """Rebuild an architecture (random weights) from a :func:`model_config` dict (or timm's own config.json)."""
     if isinstance(cfg, dict) and "family" not in cfg and "format_version" not in cfg and "architecture" in cfg:
         cfg = {"family": "timm", "name": cfg["architecture"], "model_args": _timm_model_args(cfg)}  # timm's own
+    check_config_size(cfg)  # an untrusted config may ask for any size: refused before allocating
     if not isinstance(cfg, dict) or "family" not in cfg:
         raise ConfigError("config has no 'family' field", "regenerate config.json with save_pretrained")
     args = cfg.get("model_args", {})
@@ -176,7 +178,7 @@ def build_from_config(cfg: dict) -> nn.Module:
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created; replaced atomically)."""
     directory = Path(directory)
-    cfg = model_config(model)
+    cfg = model_config(check_materialised(model))
     if extra:
         cfg.update(extra)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

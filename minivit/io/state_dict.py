@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointError
+from .unpickle import load_weights_only
 
 WRAPPERS = ("model", "state_dict", "model_ema")
 
@@ -31,14 +32,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_pickle(path: Path) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(
-            f"cannot read {path} as a weights-only PyTorch checkpoint: {msg}",
-            "the file is corrupted, truncated, or holds code/objects that are refused for safety",
-        ) from None
+    return load_weights_only(path)
 
 
 def read_weights(path: str | os.PathLike, missing_hint: str = "check the path") -> dict[str, torch.Tensor]:

@@ -112,6 +112,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr!r}")
+        if self.min_lr > self.lr:
+            raise ConfigError(
+                f"min_lr {self.min_lr!r} is above lr {self.lr!r}", "lower --min-lr: the schedule decays to it"
+            )
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ConfigError(f"clip_grad must be positive, got {self.clip_grad!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..io.atomic import atomic_write, clean_stale, commit, staging, write_failure
+from ..io.unpickle import load_weights_only
 
 LAST, BEST = "last.pt", "best.pt"
 FORMAT = 1
@@ -101,13 +102,9 @@ def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain types only)."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path, "the file is damaged; delete it to restart")
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    except Exception as e:  # truncated / corrupted / foreign file
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {e}", "the file is damaged; delete it to restart"
-        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a minivit training checkpoint", "delete it or choose another --output")
     return state
