@@ -3,7 +3,7 @@
 One teacher (a 12-block ViT, trained on all 60k images with augmentation until it stops improving) is
 compressed to about 1/2, 1/4 and 1/12 of its block bytes by
 
-* ``minivit``  the ``compress`` defaults at that budget (``minivit.recipe.plan``: share number and delta rank),
+* ``minivit``  the ``compress`` defaults at that budget (``minivit.budget.plan``: share number and delta rank),
 * ``naive``    plain sharing (no transforms, shared norms) at the same share number,
 * ``drop``     keeping every k-th block of the teacher,
 
@@ -41,13 +41,13 @@ from torch import nn
 
 import minivit
 from minivit.analysis import markdown_table, plot_scatter_labelled
+from minivit.budget import plan
 from minivit.data import build_dataset
 from minivit.distill import DistillationObjective, DistillConfig
 from minivit.distill.cache import cache_teacher_logits
 from minivit.export import quantize_dynamic_int8, state_dict_bytes
 from minivit.families import build_vit, describe_vit
 from minivit.measure import latency_ms, tensor_bytes
-from minivit.recipe import plan
 from minivit.train import TrainConfig, evaluate, fit
 from minivit.train.data import WithTeacherLogits
 
@@ -164,26 +164,30 @@ def pareto(rows: list[dict], key: str) -> set[str]:
 
 
 def checks(rows: dict[str, dict], teacher_top1: float) -> list[dict]:
-    """The acceptance targets, read off the rows (fp32 and int8 alike are 'baselines of no more bytes')."""
+    """The acceptance targets, read off the rows as a frontier: at each budget (the bytes of the ``1/k`` rows),
+    the best minivit row of no more bytes (fp32 or int8) against every baseline row (naive, drop, the int8
+    teacher; fp32 or int8) of no more bytes than that minivit row."""
     out = []
     targets = {2: (0.2, 0.0), 4: (0.5, 0.5), 12: (2.0, 1.0)}
     for k, (drop, margin) in targets.items():
-        best = max((r for r in rows.values() if r["kind"] == "minivit" and r["budget"] == f"1/{k}"),
-                   key=lambda r: r["top1"], default=None)
+        at_k = [r for r in rows.values() if r["budget"] == f"1/{k}" and not r["int8"]]
+        if not at_k:
+            continue
+        budget = max(r["bytes"] for r in at_k)
+        mine = [r for r in rows.values() if r["kind"] == "minivit" and r["bytes"] <= budget]
+        best = max(mine, key=lambda r: r["top1"], default=None)
         if best is None:
             continue
-        rivals = [r for r in rows.values() if r["kind"] in ("naive", "drop", "teacher") and r["bytes"] <= best["bytes"]]
+        out.append({"target": f"<= 1/{k} ({budget / 1e6:.3f} MB): minivit >= teacher - {drop}",
+                    "values": f"{best['name']} {best['top1']:.2f} vs {teacher_top1:.2f}",
+                    "held": best["top1"] >= teacher_top1 - drop})
+        rivals = [r for r in rows.values() if r["kind"] != "minivit" and r["name"] != "teacher"
+                  and r["bytes"] <= best["bytes"]]
         rival = max(rivals, key=lambda r: r["top1"], default=None)
-        out.append({
-            "target": f"1/{k}: minivit >= teacher - {drop}", "values": f"{best['top1']:.2f} vs {teacher_top1:.2f}",
-            "held": best["top1"] >= teacher_top1 - drop,
-        })
         if rival is not None:
-            out.append({
-                "target": f"1/{k}: minivit >= best baseline of no more bytes + {margin}",
-                "values": f"{best['top1']:.2f} vs {rival['name']} {rival['top1']:.2f}",
-                "held": best["top1"] >= rival["top1"] + margin,
-            })
+            out.append({"target": f"<= 1/{k}: minivit >= every baseline of no more bytes + {margin}",
+                        "values": f"{best['name']} {best['top1']:.2f} vs {rival['name']} {rival['top1']:.2f}",
+                        "held": best["top1"] >= rival["top1"] + margin})
     small = [r for r in rows.values() if r["kind"] == "minivit" and r["bytes"] <= rows["teacher"]["bytes"] / 8]
     if small:
         best = max(small, key=lambda r: r["top1"])
@@ -272,6 +276,7 @@ def main(argv=None) -> None:
         name = f"{kind}_1/{k}"
         student, info = train_student(kind, k, a.seeds[0], teacher, train, val, logits, a, work, log)
         runs[name] = [(measure(student, val, a), measure(quantize_dynamic_int8(student), val, a), info)]
+        _keep(work, name, runs[name][-1])
         log(f"[{time.perf_counter() - t0:6.0f}s] {name}: {runs[name][0][0]['top1']:.2f} "
             f"int8 {runs[name][0][1]['top1']:.2f} ({runs[name][0][0]['bytes']:,} B) {info['how']}")
 
@@ -288,6 +293,7 @@ def main(argv=None) -> None:
             kind, k = name.split("_1/")[0], int(name.split("_1/")[1])
             student, info = train_student(kind, k, s, teacher, train, val, logits, a, work, log)
             runs[name].append((measure(student, val, a), measure(quantize_dynamic_int8(student), val, a), info))
+            _keep(work, name, runs[name][-1])
             log(f"[{time.perf_counter() - t0:6.0f}s] {name} seed {s}: {runs[name][-1][0]['top1']:.2f}")
 
     for name, rs in runs.items():
@@ -297,6 +303,12 @@ def main(argv=None) -> None:
         results[name + "_int8"] = row_record(name + "_int8", kind, k, True, [r[1] for r in rs], extra)
     write_results(results, checks(results, results["teacher"]["top1"]), crit, a, out, t0, argv)
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; wrote {out / 'frontier.json'}")
+
+
+def _keep(work: Path, name: str, run: tuple) -> None:
+    """Append a finished student's measurements to ``work/rows.jsonl``."""
+    with open(work / "rows.jsonl", "a") as f:
+        f.write(json.dumps({"name": name, "fp32": run[0], "int8": run[1], "info": run[2]}, default=str) + "\n")
 
 
 def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0: float, argv) -> None:

@@ -86,7 +86,8 @@ def test_deit_teacher_and_student_receive_exactly_timms_eval_transform(capsys, t
     assert code == 0, err
     files = sorted((data / "train").rglob("*.png")) + sorted((data / "val").rglob("*.png"))
     expected = torch.stack([timm_eval_tensor(f) for f in files])
-    rows = torch.cat(model_inputs)
+    # the one all-zero image is the build check's probe forward (minivit.io.limits), not data
+    rows = torch.stack([r for r in torch.cat(model_inputs) if r.any()])
     assert rows.shape[1:] == (3, 224, 224)
     matches = [[i for i in range(len(expected)) if torch.equal(r, expected[i])] for r in rows]
     assert all(matches), "a model received a tensor that timm's eval transform does not make"
@@ -168,7 +169,8 @@ def test_train_checkpoint_fine_tunes_the_users_weights(capsys, tmp_path):
     out = tmp_path / "ft"
     code, stdout, err = cli(
         capsys, "train", "--model", "vit_tiny_patch16_224", "--model-args", *TINY_VIT, "--checkpoint", path,
-        "--data", data, "--epochs", "1", "--lr", "1e-12", "--warmup-epochs", "0", "--weight-decay", "0",
+        "--data", data, "--epochs", "1", "--lr", "1e-12", "--min-lr", "0", "--warmup-epochs", "0",
+        "--weight-decay", "0",
         "--no-progress", "--output", out,
     )  # fmt: skip
     assert code == 0, err
@@ -202,7 +204,8 @@ def test_train_pretrained_resizes_the_head_through_timm(capsys, tmp_path, monkey
     out = tmp_path / "ft"
     code, _, err = cli(
         capsys, "train", "--model", "vit_tiny_patch16_224", "--model-args", *TINY_VIT, "--pretrained",
-        "--data", data, "--epochs", "1", "--lr", "1e-12", "--warmup-epochs", "0", "--weight-decay", "0",
+        "--data", data, "--epochs", "1", "--lr", "1e-12", "--min-lr", "0", "--warmup-epochs", "0",
+        "--weight-decay", "0",
         "--augment", "--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--no-progress", "--output", out,
     )  # fmt: skip
     assert code == 0, err
@@ -236,8 +239,8 @@ def test_weights_files_that_do_not_fit_or_carry_code_are_refused(capsys, tmp_pat
     compress = ["compress", "--teacher", "vit_tiny_patch16_224", "--teacher-args", *TINY_VIT, "--data", data,
                 "--epochs", "1", "--output", out]  # fmt: skip
     cases = [
-        ([*train, "--checkpoint", tmp_path / "evil.pth"], "weights-only"),
-        ([*compress, "--teacher-checkpoint", tmp_path / "evil.pth"], "weights-only"),
+        ([*train, "--checkpoint", tmp_path / "evil.pth"], "pickled"),
+        ([*compress, "--teacher-checkpoint", tmp_path / "evil.pth"], "pickled"),
         ([*train, "--checkpoint", tmp_path / "deeper.pth"], "unexpected key(s), first: blocks.2."),
         ([*train, "--pretrained", "--checkpoint", tmp_path / "missing.pth"], "not found"),
         (
@@ -264,7 +267,10 @@ def test_eval_uses_the_saved_data_config_and_old_folders_the_legacy_squash(capsy
     from minivit.zoo import create_model
 
     model = create_model("vit_tiny_patch16_224", num_classes=10, in_chans=1, **TINY_KW).eval()
-    old = save_pretrained(model, tmp_path / "old")  # as written before data configs were recorded
+    old = save_pretrained(model, tmp_path / "old")
+    cfg = json.loads((old / "config.json").read_text())  # as written before data configs were recorded
+    cfg.pop("pretrained_cfg")
+    (old / "config.json").write_text(json.dumps(cfg))
     code, stdout, err = cli(capsys, "eval", "--model", old, "--data", "digits", "--json")
     assert code == 0, err
     legacy = build_dataset("digits", "val", 32, 1)  # the squash to 32 px, mean 0.5 / std 0.5 of old runs
@@ -297,7 +303,9 @@ def test_eval_predictions_csv(capsys, tmp_path):
     assert f"wrote {preds}" in stdout
     with open(preds, newline="") as f:
         rows = list(csv.DictReader(f))
-    val = build_dataset("digits", "val", 32, 1, limit=50)
+    from minivit.data import resolve_data_config
+
+    val = build_dataset("digits", "val", data_config=resolve_data_config(model), limit=50)  # the saved preprocessing
     assert list(rows[0]) == ["path", "label", "pred", "pred_name", "prob"] and len(rows) == len(val) == 50
     with torch.no_grad():
         logits = model(torch.stack([val[i][0] for i in range(len(val))]))

@@ -428,7 +428,7 @@ def run_compress(
     says, train as ``config`` says; returns the report. ``teacher_checkpoint``: the weights of a teacher given
     by name (else timm's pretrained ones). ``options`` override fields of ``run``, ``spec`` and ``distill``
     (``resume=True``, ``share=4``, ``beta=0``; see :func:`compress_configs`). ``budget`` (a fraction of the
-    teacher's stored bytes) lets :func:`minivit.recipe.plan` pick the share number, delta rank and init.
+    teacher's stored bytes) lets :func:`minivit.budget.plan` pick the share number, delta rank and init.
 
     The teacher is evaluated on the validation split first (``teacher_top1`` in the report), with the
     preprocessing the student inherits from it."""
@@ -484,8 +484,8 @@ def run_compress(
 
 
 def _planned(net: nn.Module, budget: float, spec: MultiplexSpec, log) -> MultiplexSpec:
-    """The spec :func:`minivit.recipe.plan` picks for ``budget``; says what it picked."""
-    from ..recipe import plan
+    """The spec :func:`minivit.budget.plan` picks for ``budget``; says what it picked."""
+    from ..budget import plan
 
     picked = plan(net, budget, spec)
     if log is not None and processes().is_main_process:

@@ -170,7 +170,7 @@ def _compress_arguments(p) -> None:
     p.add_argument(
         "--budget", type=_fraction, metavar="F",
         help="keep this fraction of the teacher's stored bytes (e.g. 0.25): picks the share number, delta rank "
-        "and init (minivit.recipe.plan) and says what it picked; overrides --share, --delta-rank and --init",
+        "and init (minivit.budget.plan) and says what it picked; overrides --share, --delta-rank and --init",
     )  # fmt: skip
     add_options(p, DistillConfig, "distillation")
 

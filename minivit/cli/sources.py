@@ -1,7 +1,7 @@
 """Where the commands' models come from, and the preprocessing each one expects.
 
 * :func:`saved_data_config`: the data config a saved model records (``config.json``'s timm-style
-  ``pretrained_cfg`` or ``data_config``, or a run's recorded configuration); a model saved before data
+  ``data_config`` or ``pretrained_cfg``, or a run's recorded configuration); a model saved before data
   configs existed was trained on images squashed to its input size with mean 0.5 / std 0.5
   (:func:`~minivit.data.legacy_data_config`), and gets that;
 * :func:`load_user_weights`: a user's own weights file (``.safetensors``, or ``.pth`` / ``.pt`` read with
@@ -27,9 +27,10 @@ Log = Callable[[str], None] | None
 
 def saved_data_config(model: nn.Module, record: Mapping | None) -> DataConfig:
     """The preprocessing ``model`` was saved with: ``record`` is its ``config.json`` (or a run's recorded
-    configuration). timm's ``pretrained_cfg`` wins, then minivit's ``data_config``; neither: the legacy squash."""
+    configuration). minivit's explicit ``data_config`` wins, then timm's ``pretrained_cfg``; neither (a folder
+    written before data configs were recorded): the legacy squash."""
     record = record or {}
-    for key in ("pretrained_cfg", "data_config"):
+    for key in ("data_config", "pretrained_cfg"):
         saved = record.get(key)
         if isinstance(saved, Mapping) and all(k in saved for k in DATA_CONFIG_KEYS):
             return DataConfig.from_dict(dict(saved))

@@ -1,4 +1,4 @@
-"""The compression recipe: from a byte budget to a :class:`~minivit.MultiplexSpec`.
+"""The byte budget: from a fraction of the teacher's stored bytes to a :class:`~minivit.MultiplexSpec`.
 
 ``plan(teacher, budget)`` answers "what should I build to keep ``budget`` (a fraction) of my teacher's stored
 bytes?" with a share number and a delta rank (relaxed sharing), and the bytes that student will take. The

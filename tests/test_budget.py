@@ -1,4 +1,4 @@
-"""The byte-budget planner (minivit.recipe) and `compress --budget`."""
+"""The byte-budget planner (minivit.budget) and `compress --budget`."""
 
 import json
 
@@ -7,9 +7,9 @@ import timm
 import torch
 
 import minivit
+from minivit.budget import estimate_bytes, plan, start_error
 from minivit.errors import ConfigError
 from minivit.measure import tensor_bytes
-from minivit.recipe import estimate_bytes, plan, start_error
 
 
 def small_vit(depth=6):
