@@ -120,10 +120,14 @@ def as_spec(spec: MultiplexSpec | dict | None = None, **overrides) -> MultiplexS
         spec = MultiplexSpec.from_dict(spec)
     elif not isinstance(spec, MultiplexSpec):
         raise ConfigError(f"expected a MultiplexSpec, got {type(spec).__name__}", "minivit.MultiplexSpec(share=2)")
-    unknown = set(overrides) - set(MultiplexSpec.field_names())
+    return with_overrides(spec, overrides, "multiplexing")
+
+
+def with_overrides(config, overrides: dict, what: str):
+    """``config.replace(**overrides)``, refusing names that are not fields of the config (one clear line)."""
+    names = type(config).field_names()
+    unknown = set(overrides) - set(names)
     if unknown:
-        raise ConfigError(
-            f"unknown multiplexing option(s): {', '.join(sorted(unknown))}",
-            f"the options are {', '.join(MultiplexSpec.field_names())}",
-        )
-    return spec.replace(**overrides) if overrides else spec
+        listed = ", ".join(sorted(unknown))
+        raise ConfigError(f"unknown {what} option(s): {listed}", f"the options are {', '.join(names)}")
+    return config.replace(**overrides) if overrides else config

@@ -14,26 +14,41 @@ difference. Components with no singular value to start from (e.g. the first laye
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 DELTA_NAMES = ("qkv", "proj", "fc1", "fc2")
 
 
 class LowRankDelta(nn.Module):
-    """``x -> up @ (down @ x) + bias``: a rank-``rank`` correction of one shared ``nn.Linear``."""
+    """``x -> up @ (down @ x) + bias``: a rank-``rank`` correction of one shared ``nn.Linear``.
+
+    The two factors are ``nn.Linear`` modules (``down_proj``: in -> rank, no bias; ``up_proj``: rank -> out, with
+    the bias offset), so tools that handle linear layers (dynamic int8 quantisation, exporters) handle the deltas
+    too; ``down``, ``up`` and ``bias`` are their tensors.
+    """
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None):
         super().__init__()
         rank = min(rank, in_features, out_features)
-        self.down = nn.Parameter(torch.empty(rank, in_features, device=device))
-        self.up = nn.Parameter(torch.zeros(out_features, rank, device=device))
-        self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
-        nn.init.normal_(self.down, std=0.02)
+        self.rank = rank
+        self.down_proj = nn.Linear(in_features, rank, bias=False, device=device)
+        self.up_proj = nn.Linear(rank, out_features, bias=bias, device=device)
+        nn.init.normal_(self.down_proj.weight, std=0.02)
+        nn.init.zeros_(self.up_proj.weight)
+        if bias:
+            nn.init.zeros_(self.up_proj.bias)
 
     @property
-    def rank(self) -> int:
-        return self.down.shape[0]
+    def down(self) -> Tensor:
+        return self.down_proj.weight
+
+    @property
+    def up(self) -> Tensor:
+        return self.up_proj.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.up_proj.bias
 
     @torch.no_grad()
     def init_from(self, weight: Tensor, bias: Tensor | None = None) -> LowRankDelta:
@@ -52,10 +67,10 @@ class LowRankDelta(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(F.linear(x, self.down), self.up, self.bias)
+        return self.up_proj(self.down_proj(x))
 
     def extra_repr(self) -> str:
-        return f"in_features={self.down.shape[1]}, out_features={self.up.shape[0]}, rank={self.rank}"
+        return f"rank={self.rank}"
 
 
 class LayerDeltas(nn.Module):

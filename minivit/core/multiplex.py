@@ -92,3 +92,9 @@ def unique_parameter_count(module: nn.Module) -> int:
     from ..measure import count_parameters
 
     return count_parameters(module)
+
+
+def adopt(module: nn.Module, source: nn.Module, names: tuple[str, ...]) -> None:
+    """Set ``module.<name> = source.<name>`` for each name: a shared block takes over its teacher's parts."""
+    for name in names:
+        setattr(module, name, getattr(source, name))

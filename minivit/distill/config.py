@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..errors import ConfigError
+from ..spec import with_overrides
 
 DISTILL_TERMS = ("logits", "attn", "hidden")
 HIDDEN_LOSSES = ("relation", "projection")
@@ -156,13 +157,7 @@ def as_distill_config(config: DistillConfig | dict | None = None, **options) -> 
         terms = options.get("distill", config.distill)
         terms = [t for t in _terms(terms) if t != "logits"]
         options["distill"] = (["logits"] if keep else []) + terms
-    unknown = set(options) - set(DistillConfig.field_names())
-    if unknown:
-        raise ConfigError(
-            f"unknown distillation option(s): {', '.join(sorted(unknown))}",
-            f"the options are {', '.join(DistillConfig.field_names())}",
-        )
-    return config.replace(**options) if options else config
+    return with_overrides(config, options, "distillation")
 
 
 def _terms(value) -> tuple[str, ...]:

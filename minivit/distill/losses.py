@@ -301,6 +301,13 @@ def attention_relation_loss(
     return total / (9 * len(students))
 
 
+def _check_hidden_pair(s: Tensor, t: Tensor, p: int, where: str) -> None:
+    """Both hidden states of layer pair ``p`` are floating tensors with the same batch and tokens."""
+    _check_floating(_check_tensor(s, f"student hidden {p}"), f"student hidden {p}")
+    _check_floating(_check_tensor(t, f"teacher hidden {p}"), f"teacher hidden {p}")
+    _check_tokens(s, t, f"{where}, pair {p}")
+
+
 def hidden_relation_loss(student_hidden: Sequence[Tensor], teacher_hidden: Sequence[Tensor]) -> Tensor:
     """Hidden-state relation loss: MSE between Gram matrices of L2-normalised tokens.
 
@@ -314,9 +321,7 @@ def hidden_relation_loss(student_hidden: Sequence[Tensor], teacher_hidden: Seque
     students, teachers = _as_pair_lists(student_hidden, teacher_hidden, "hidden_relation_loss")
     total = None
     for p, (s, t) in enumerate(zip(students, teachers)):
-        _check_floating(_check_tensor(s, f"student hidden {p}"), f"student hidden {p}")
-        _check_floating(_check_tensor(t, f"teacher hidden {p}"), f"teacher hidden {p}")
-        _check_tokens(s, t, f"hidden_relation_loss, pair {p}")
+        _check_hidden_pair(s, t, p, "hidden_relation_loss")
         with _no_autocast(s):
             s, t = _up(s), _up(t.detach())
             dtype = torch.promote_types(s.dtype, t.dtype)
@@ -353,9 +358,7 @@ class HiddenProjectionMSE(nn.Module):
         students, teachers = _as_pair_lists(student_hidden, teacher_hidden, "HiddenProjectionMSE")
         total = None
         for p, (s, t) in enumerate(zip(students, teachers)):
-            _check_floating(_check_tensor(s, f"student hidden {p}"), f"student hidden {p}")
-            _check_floating(_check_tensor(t, f"teacher hidden {p}"), f"teacher hidden {p}")
-            _check_tokens(s, t, f"HiddenProjectionMSE, pair {p}")
+            _check_hidden_pair(s, t, p, "HiddenProjectionMSE")
             for who, c, want in (
                 ("student", s.shape[-1], self.student_dim),
                 ("teacher", t.shape[-1], self.teacher_dim),

@@ -53,6 +53,7 @@ from ..core import (
     Family,
     HeadMix,
     Tap,
+    adopt,
     build_groups,
     check_share,
     merge_modules,
@@ -109,15 +110,10 @@ class SharedWindowAttention(nn.Module):
 
     def __init__(self, attn: nn.Module):
         super().__init__()
-        self.num_heads = attn.num_heads
+        parts = ("num_heads", "scale", "qkv", "relative_position_bias_table", "attn_drop", "proj", "proj_drop")
+        adopt(self, attn, parts)
         self.window_size = tuple(attn.window_size)
         self.window_area = self.window_size[0] * self.window_size[1]
-        self.scale = attn.scale
-        self.qkv = attn.qkv
-        self.relative_position_bias_table = attn.relative_position_bias_table
-        self.attn_drop = attn.attn_drop
-        self.proj = attn.proj
-        self.proj_drop = attn.proj_drop
         index = get_relative_position_index(*self.window_size, device=attn.relative_position_bias_table.device)
         self.register_buffer("relative_position_index", index, persistent=False)
 

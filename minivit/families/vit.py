@@ -26,6 +26,7 @@ from ..core import (
     HeadMix,
     Multiplexed,
     Tap,
+    adopt,
     build_groups,
     check_share,
     merge_modules,
@@ -50,16 +51,8 @@ class SharedAttention(nn.Module):
         super().__init__()
         if getattr(attn, "gate", None) is not None:
             raise ConfigError("gated attention is not supported", "use a ViT with the standard timm Attention")
-        self.num_heads = attn.num_heads
-        self.head_dim = attn.head_dim
-        self.scale = attn.scale
-        self.qkv = attn.qkv
-        self.q_norm = attn.q_norm
-        self.k_norm = attn.k_norm
-        self.attn_drop = attn.attn_drop
-        self.norm = attn.norm
-        self.proj = attn.proj
-        self.proj_drop = attn.proj_drop
+        adopt(self, attn, ("num_heads", "head_dim", "scale", "qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj",
+                           "proj_drop"))
         if rpe_index is not None:
             self.register_buffer("rpe_index", rpe_index, persistent=False)
         else:

@@ -60,10 +60,9 @@ def rename_keys(state_dict: Mapping[str, torch.Tensor], table: KeyRules) -> dict
 RELEASE_URL = "https://github.com/DominickZhang/MiniViT-model-zoo/releases/download/v1.0.0/"
 
 
-def release_cfg(file: str, **kwargs) -> dict:
-    """timm's pretrained config of one released Mini-* model (ImageNet-1k, 224 px unless overridden)."""
+def imagenet_cfg(**kwargs) -> dict:
+    """timm's pretrained config of an ImageNet-1k model at 224 px (the fields minivit's entrypoints share)."""
     return {
-        "url": RELEASE_URL + file,
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         "pool_size": None,
@@ -73,10 +72,14 @@ def release_cfg(file: str, **kwargs) -> dict:
         "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.proj",
         "classifier": "head",
-        "license": "mit",
         "paper_ids": "arXiv:2204.07154",
         **kwargs,
     }
+
+
+def release_cfg(file: str, **kwargs) -> dict:
+    """timm's pretrained config of one released Mini-* model (ImageNet-1k, 224 px unless overridden)."""
+    return imagenet_cfg(url=RELEASE_URL + file, license="mit", **kwargs)
 
 
 def official_filter(table: KeyRules) -> Callable[[dict, nn.Module], dict]:

@@ -16,28 +16,16 @@ from __future__ import annotations
 
 from functools import partial
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..families import MultiplexedSwinTransformer, MultiplexedVisionTransformer
+from .keys import imagenet_cfg
 
 
 def _cfg(classifier: str) -> dict:
-    return {
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "fixed_input_size": True,
-        "pool_size": None,
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": classifier,
-        "paper_ids": "arXiv:2204.07154",
-    }
+    return imagenet_cfg(fixed_input_size=True, classifier=classifier)
 
 
 default_cfgs = generate_default_cfgs(
