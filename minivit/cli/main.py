@@ -149,10 +149,11 @@ def _train_arguments(p) -> None:
         help="fine-tune timm's pretrained weights (downloaded; the head is sized to the data's classes, and the "
         "model's own preprocessing is used)",
     )  # fmt: skip
-    p.add_argument(
-        "--checkpoint", metavar="FILE",
-        help="fine-tune your own weights instead: .safetensors, or .pth/.pt (read with weights_only=True)",
-    )  # fmt: skip
+    _weights_file(p, "--checkpoint", "fine-tune your own weights instead")
+
+
+def _weights_file(p, flag: str, what: str) -> None:
+    p.add_argument(flag, metavar="FILE", help=f"{what}: .safetensors, or .pth/.pt (read with weights_only=True)")
 
 
 def _compress_arguments(p) -> None:
@@ -161,11 +162,7 @@ def _compress_arguments(p) -> None:
 
     p.add_argument("--teacher", required=True, help="run folder, checkpoint (.pt) or timm model name")
     p.add_argument("--teacher-args", nargs="*", default=[], metavar="KEY=VALUE", help="for a teacher given by name")
-    p.add_argument(
-        "--teacher-checkpoint", metavar="FILE",
-        help="the weights of a teacher given by name (.safetensors, or .pth/.pt read with weights_only=True); "
-        "default: timm's pretrained weights",
-    )  # fmt: skip
+    _weights_file(p, "--teacher-checkpoint", "the weights of a teacher given by name (default: timm's pretrained ones)")
     add_options(p, MultiplexSpec, "multiplexing")
     p.add_argument(
         "--budget", type=_fraction, metavar="F",

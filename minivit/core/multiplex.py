@@ -30,6 +30,18 @@ class Tap(nn.Identity):
     """A named point in the graph (returns its input) where forward hooks can read a feature."""
 
 
+class LayerParts(nn.Module):
+    """What one layer keeps for itself (norms, drop-path, transforms, deltas, ...; ``None`` where unused), in the
+    order given, plus its two taps ``qkv_out`` and ``block_out``. Each family's per-layer parts build on it."""
+
+    def __init__(self, **parts):
+        super().__init__()
+        for name, part in parts.items():
+            setattr(self, name, part)
+        self.qkv_out = Tap()
+        self.block_out = Tap()
+
+
 class Multiplexed(nn.Module):
     """``len(layers)`` consecutive layers that run one shared block, each with its own parts."""
 

@@ -299,17 +299,10 @@ def quantize_onnx_file(src: str | os.PathLike, dst: str | os.PathLike, per_chann
 
 
 def export_onnx_int8(
-    model: nn.Module,
-    path: str | os.PathLike,
-    input_size: tuple[int, ...] | int | None = None,
-    opset: int | None = None,
-    dynamic_batch: bool = True,
-    verify: bool = True,
-    *,
-    per_channel: bool = False,
-    exporter: str = "auto",
+    model: nn.Module, path: str | os.PathLike, input_size=None, *, per_channel: bool = False, **onnx_options
 ) -> dict[str, Any]:
-    """Export ``model`` to fp32 ONNX (:func:`export_onnx`), then quantise its Linear weights to int8.
+    """Export ``model`` to fp32 ONNX (:func:`export_onnx` with ``onnx_options``: ``opset``, ``dynamic_batch``,
+    ``verify``, ``exporter``), then quantise its Linear weights to int8.
 
     Quantisation is onnxruntime's dynamic int8 (weights int8, activations quantised per batch at run
     time). With ``verify`` the int8 file is run in onnxruntime against the fp32 *PyTorch* model; the
@@ -317,8 +310,7 @@ def export_onnx_int8(
     summary for the int8 file plus ``fp32_bytes`` (the intermediate fp32 file) and ``int8: True``.
     """
     with export_job(model, path, "ONNX", input_size) as job:
-        fp32 = export_onnx(job.model, job.staged("fp32", job.target.name), job.size, opset, dynamic_batch, verify,
-                           exporter=exporter)  # fmt: skip
+        fp32 = export_onnx(job.model, job.staged("fp32", job.target.name), job.size, **onnx_options)
         if len(fp32["files"]) > 1:
             raise MinivitError("int8 quantisation of ONNX files over 2 GB is not supported", "use --format torchscript")
         staged = job.staged("int8", job.target.name)
@@ -336,8 +328,8 @@ def export_onnx_int8(
             fp32_bytes=fp32["bytes"],
             fp32_max_abs_diff=fp32.get("max_abs_diff"),
         )
-        if verify:
-            result.update(_verify_int8(staged, job, dynamic_batch))
+        if onnx_options.get("verify", True):
+            result.update(_verify_int8(staged, job, onnx_options.get("dynamic_batch", True)))
         result.update(job.write([staged]))
     return _ordered(result)
 

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from ..core import (
     Family,
     HeadMix,
-    Tap,
+    LayerParts,
     adopt,
     build_groups,
     check_share,
@@ -184,7 +184,7 @@ class SharedSwinBlock(nn.Module):
         return f"resolution={self.input_resolution}, window={self.window_size}, shift={self.shift_size}"
 
 
-class SwinLayerParts(nn.Module):
+class SwinLayerParts(LayerParts):
     """What one Swin layer keeps for itself; unused parts are ``None``.
 
     ``shifted`` (cyclic shift of the windows), ``masked`` (add the group's mask) and ``local_residual`` (the
@@ -193,18 +193,8 @@ class SwinLayerParts(nn.Module):
 
     def __init__(self, *, norm1, norm2, drop_path1, drop_path2, pre_mix, post_mix, local_norm, local_conv,
                  shifted: bool, masked: bool, local_residual: bool = False, delta=None):
-        super().__init__()
-        self.norm1 = norm1
-        self.norm2 = norm2
-        self.drop_path1 = drop_path1
-        self.drop_path2 = drop_path2
-        self.pre_mix = pre_mix
-        self.post_mix = post_mix
-        self.local_norm = local_norm
-        self.local_conv = local_conv
-        self.delta = delta
-        self.qkv_out = Tap()
-        self.block_out = Tap()
+        super().__init__(norm1=norm1, norm2=norm2, drop_path1=drop_path1, drop_path2=drop_path2, pre_mix=pre_mix,
+                         post_mix=post_mix, local_norm=local_norm, local_conv=local_conv, delta=delta)
         self.shifted = bool(shifted)
         self.masked = bool(masked)
         self.local_residual = bool(local_residual)

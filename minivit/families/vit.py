@@ -25,7 +25,6 @@ from ..core import (
     Family,
     HeadMix,
     Multiplexed,
-    Tap,
     adopt,
     build_groups,
     check_share,
@@ -37,6 +36,7 @@ from ..core import (
 )
 from ..core import delta as deltas
 from ..core.attention import mix_weights, mixed_attention
+from ..core.multiplex import LayerParts as BaseLayerParts
 from ..errors import ConfigError
 from ..spec import ALL, MultiplexSpec, as_spec
 
@@ -99,24 +99,16 @@ class SharedBlock(nn.Module):
         return layer.block_out(x)
 
 
-class LayerParts(nn.Module):
+class LayerParts(BaseLayerParts):
     """What one ViT layer keeps for itself (copies of ``block``'s parts); unused parts are ``None`` (or identity)."""
 
     COPIED = ("norm1", "norm2", "ls1", "ls2", "drop_path1", "drop_path2")
 
     def __init__(self, block: Block, separate_norms: bool, pre_mix=None, post_mix=None, rpe=None, delta=None):
-        super().__init__()
         own = copy.deepcopy(nn.ModuleDict({n: getattr(block, n) for n in self.COPIED}))  # the block stays intact
-        self.norm1 = own["norm1"] if separate_norms else None
-        self.norm2 = own["norm2"] if separate_norms else None
-        self.ls1, self.ls2 = own["ls1"], own["ls2"]
-        self.drop_path1, self.drop_path2 = own["drop_path1"], own["drop_path2"]
-        self.pre_mix = pre_mix
-        self.post_mix = post_mix
-        self.rpe = rpe
-        self.delta = delta
-        self.qkv_out = Tap()
-        self.block_out = Tap()
+        norms = (own["norm1"], own["norm2"]) if separate_norms else (None, None)
+        super().__init__(norm1=norms[0], norm2=norms[1], ls1=own["ls1"], ls2=own["ls2"], drop_path1=own["drop_path1"],
+                         drop_path2=own["drop_path2"], pre_mix=pre_mix, post_mix=post_mix, rpe=rpe, delta=delta)
 
 
 def _check_blocks(blocks) -> list[Block]:
