@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_one_line_error, cli
 
 from minivit.cli.commands import parse_model_args, parse_value
 from minivit.cli.main import main
@@ -20,20 +21,6 @@ TINY_ARGS = ["img_size=8", "patch_size=2", "depth=2", "embed_dim=32", "num_heads
 FAST = ["--batch-size", "64", "--train-limit", "320", "--val-limit", "100", "--no-progress"]
 
 
-def cli(capsys, *argv):
-    """Run ``minivit argv`` in-process; return (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
-def assert_one_line_error(code, err, pattern=""):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    assert pattern.lower() in lines[0].lower(), lines[0]
 
 
 @pytest.fixture(scope="module")

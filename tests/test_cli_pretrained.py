@@ -11,25 +11,13 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from cli_helpers import assert_one_line_error, cli
 from PIL import Image
-
-from minivit.cli.main import main
 
 TINY_VIT = ["img_size=32", "patch_size=8", "depth=2", "embed_dim=32", "num_heads=2", "mlp_ratio=2"]
 TINY_KW = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2, mlp_ratio=2)
 
 
-def cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
-def assert_one_line_error(code, err, pattern=""):
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert pattern.lower() in lines[0].lower(), lines[0]
 
 
 def photo_folder(root: Path, per_class: int = 3) -> Path:

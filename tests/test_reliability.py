@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_one_line_error, cli
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -29,19 +30,6 @@ TINY = ["--model", "vit_tiny_patch16_224", "--model-args", "img_size=16", "patch
 FAST = ["--train-limit", "200", "--val-limit", "100", "--no-progress"]
 
 
-def cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
-def assert_one_line_error(code, err, pattern=""):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    assert pattern.lower() in lines[0].lower(), lines[0]
 
 
 @pytest.fixture(scope="module")

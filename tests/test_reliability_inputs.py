@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from cli_helpers import assert_one_line_error, cli
 from safetensors.torch import load_file, save_file
 
 import minivit
 from minivit import CheckpointError, ConfigError, MultiplexSpec, create_model, multiplex
-from minivit.cli.main import main
 from minivit.io.limits import DEFAULT_MAX_PARAMS, estimate_parameters, parameter_limit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,19 +28,6 @@ TINY_ARGS = ["img_size=16", "patch_size=4", "depth=2", "embed_dim=32", "num_head
 FAST = ["--train-limit", "100", "--val-limit", "50", "--batch-size", "50", "--no-progress"]
 
 
-def cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
-def assert_one_line_error(code, err, pattern=""):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err and "\x1b" not in err
-    assert pattern.lower() in lines[0].lower(), lines[0]
 
 
 def train(out, *model_args, extra=()):

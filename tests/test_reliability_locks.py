@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_one_line_error, cli
 
 from minivit.cli.main import main
 from minivit.io import LOCK_NAME, OutputInUse, lock_output
@@ -33,19 +34,6 @@ with lock_output(sys.argv[1], "minivit train"):
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock locks are POSIX only")
 
 
-def cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
-def assert_one_line_error(code, err, pattern=""):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    assert pattern.lower() in lines[0].lower(), lines[0]
 
 
 def train_args(out, epochs=1):
