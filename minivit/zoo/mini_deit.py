@@ -16,27 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from timm.models import generate_default_cfgs, register_model
-
 from ..errors import ConfigError
 from ..families.vit import MultiplexedVisionTransformer
 from ..spec import MultiplexSpec, as_spec
-from .keys import KeyRules, build_release, official_filter, release_cfg, rename_keys, split_spec_options
-
-default_cfgs = generate_default_cfgs(
-    {
-        "mini_deit_tiny_patch16_224": release_cfg("mini_deit_tiny_patch16_224.pth"),
-        "mini_deit_small_patch16_224": release_cfg("mini_deit_small_patch16_224.pth"),
-        "mini_deit_base_patch16_224": release_cfg("mini_deit_base_patch16_224.pth"),
-        "mini_deit_base_patch16_384": release_cfg(
-            "mini_deit_base_patch16_384.pth", input_size=(3, 384, 384), crop_pct=1.0
-        ),
-    }
-)
+from .keys import KeyRules, official_filter, rename_keys
+from .releases import Release, build_release, register_releases, release_cfgs, split_spec_options
 
 MINI_DEIT_SPEC = MultiplexSpec(share=2, transforms=True, separate_norms=True, irpe=True, irpe_ratio=1.9,
                                transform_init="trunc_normal")
-MINI_DEIT_ARCH = dict(class_token=False, global_pool="avg", fc_norm=False, qkv_bias=True, mlp_ratio=4.0, norm_eps=1e-6)
+MINI_DEIT_ARCH = dict(img_size=224, patch_size=16, depth=12, class_token=False, global_pool="avg", fc_norm=False,
+                      qkv_bias=True, mlp_ratio=4.0, norm_eps=1e-6)  # fmt: skip
 
 
 def _flatten_mix(key: str, value):
@@ -78,32 +67,21 @@ def _create(variant: str, pretrained: bool, arch: dict, kwargs: dict) -> Multipl
     return build_release(MultiplexedVisionTransformer, variant, pretrained, KEY_RULES, spec=spec, **args)
 
 
-@register_model
-def mini_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MultiplexedVisionTransformer:
-    """Mini-DeiT-Ti: 3.09M parameters, 73.0% ImageNet top-1 (DeiT-Ti: 5.7M, 72.2%)."""
-    arch = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3)
-    return _create("mini_deit_tiny_patch16_224", pretrained, arch, kwargs)
+RELEASES = {
+    "mini_deit_tiny_patch16_224": Release(dict(embed_dim=192, num_heads=3),
+        "Mini-DeiT-Ti: 3.09M parameters, 73.0% ImageNet top-1 (DeiT-Ti: 5.7M, 72.2%)."),
+    "mini_deit_small_patch16_224": Release(dict(embed_dim=384, num_heads=6),
+        "Mini-DeiT-S: 11.45M parameters, 80.9% ImageNet top-1 (DeiT-S: 22M, 79.8%)."),
+    "mini_deit_base_patch16_224": Release(dict(embed_dim=768, num_heads=12),
+        "Mini-DeiT-B: 44.10M parameters, 83.2% ImageNet top-1 (DeiT-B: 86M, 81.8%)."),
+    "mini_deit_base_patch16_384": Release(dict(embed_dim=768, num_heads=12, img_size=384),
+        "Mini-DeiT-B at 384 px: 44.39M parameters, 84.9% ImageNet top-1.",
+        cfg=dict(input_size=(3, 384, 384), crop_pct=1.0)),
+}  # fmt: skip
+"""The released Mini-DeiT models, each a timm entrypoint of that name (``timm.create_model(name)``)."""
 
-
-@register_model
-def mini_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> MultiplexedVisionTransformer:
-    """Mini-DeiT-S: 11.45M parameters, 80.9% ImageNet top-1 (DeiT-S: 22M, 79.8%)."""
-    arch = dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6)
-    return _create("mini_deit_small_patch16_224", pretrained, arch, kwargs)
-
-
-@register_model
-def mini_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> MultiplexedVisionTransformer:
-    """Mini-DeiT-B: 44.10M parameters, 83.2% ImageNet top-1 (DeiT-B: 86M, 81.8%)."""
-    arch = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12)
-    return _create("mini_deit_base_patch16_224", pretrained, arch, kwargs)
-
-
-@register_model
-def mini_deit_base_patch16_384(pretrained: bool = False, **kwargs) -> MultiplexedVisionTransformer:
-    """Mini-DeiT-B at 384 px: 44.39M parameters, 84.9% ImageNet top-1."""
-    arch = dict(img_size=384, patch_size=16, embed_dim=768, depth=12, num_heads=12)
-    return _create("mini_deit_base_patch16_384", pretrained, arch, kwargs)
+default_cfgs = release_cfgs(RELEASES)
+globals().update(register_releases(__name__, RELEASES, _create))
 
 
 # --------------------------------------------------------------------------- the authors' hyper-parameters

@@ -18,25 +18,11 @@ Also here: the authors' checkpoint key names (:data:`KEY_RULES`) and hyper-param
 
 from __future__ import annotations
 
-from timm.models import generate_default_cfgs, register_model
-
 from ..errors import ConfigError
 from ..families.swin import MultiplexedSwinTransformer, resolve_share
 from ..spec import MultiplexSpec, as_spec
-from .keys import KeyRules, build_release, official_filter, release_cfg, rename_keys, split_spec_options
-
-
-def _cfg(file: str) -> dict:
-    return release_cfg(file, pool_size=(7, 7), fixed_input_size=True, classifier="head.fc")
-
-
-default_cfgs = generate_default_cfgs(
-    {
-        "mini_swin_tiny_patch4_window7_224": _cfg("mini-swin-tiny-12m.pth"),
-        "mini_swin_small_patch4_window7_224": _cfg("mini-swin-small-26m.pth"),
-        "mini_swin_base_patch4_window7_224": _cfg("mini-swin-base-46m.pth"),
-    }
-)
+from .keys import KeyRules, official_filter, rename_keys
+from .releases import Release, build_release, register_releases, release_cfgs, split_spec_options
 
 MINI_SWIN_SPEC = MultiplexSpec(transforms=True, separate_norms=True, mlp_transform=True, mlp_residual=False,
                                transform_init="trunc_normal")
@@ -99,28 +85,30 @@ def _create(variant: str, pretrained: bool, arch: dict, kwargs: dict) -> Multipl
     return build_release(MultiplexedSwinTransformer, variant, pretrained, KEY_RULES, spec=spec, **args)
 
 
-@register_model
-def mini_swin_tiny_patch4_window7_224(pretrained: bool = False, **kwargs) -> MultiplexedSwinTransformer:
-    """Mini-Swin-T: 12.00M parameters, 81.3% ImageNet top-1 (Swin-T: 28M, 81.2%)."""
-    arch = dict(img_size=224, patch_size=4, window_size=7, embed_dim=96, depths=[2, 2, 6, 2],
-                num_heads=[3, 6, 12, 24], unique_blocks=[1, 1, 1, 1], drop_path_rate=0.0)
-    return _create("mini_swin_tiny_patch4_window7_224", pretrained, arch, kwargs)
+RELEASES = {
+    "mini_swin_tiny_patch4_window7_224": Release(
+        dict(img_size=224, patch_size=4, window_size=7, embed_dim=96, depths=[2, 2, 6, 2],
+             num_heads=[3, 6, 12, 24], unique_blocks=[1, 1, 1, 1], drop_path_rate=0.0),
+        "Mini-Swin-T: 12.00M parameters, 81.3% ImageNet top-1 (Swin-T: 28M, 81.2%).",
+        "mini-swin-tiny-12m.pth",
+    ),
+    "mini_swin_small_patch4_window7_224": Release(
+        dict(img_size=224, patch_size=4, window_size=7, embed_dim=96, depths=[2, 2, 18, 2],
+             num_heads=[3, 6, 12, 24], unique_blocks=[1, 1, 9, 1], drop_path_rate=0.1),
+        "Mini-Swin-S: 26.46M parameters, 83.9% ImageNet top-1 (Swin-S: 50M, 83.2%).",
+        "mini-swin-small-26m.pth",
+    ),
+    "mini_swin_base_patch4_window7_224": Release(
+        dict(img_size=224, patch_size=4, window_size=7, embed_dim=128, depths=[2, 2, 18, 2],
+             num_heads=[4, 8, 16, 32], unique_blocks=[1, 1, 9, 1], drop_path_rate=0.2),
+        "Mini-Swin-B: 46.44M parameters, 84.5% ImageNet top-1 (Swin-B: 88M, 83.5%).",
+        "mini-swin-base-46m.pth",
+    ),
+}  # fmt: skip
+"""The released Mini-Swin models, each a timm entrypoint of that name (``timm.create_model(name)``)."""
 
-
-@register_model
-def mini_swin_small_patch4_window7_224(pretrained: bool = False, **kwargs) -> MultiplexedSwinTransformer:
-    """Mini-Swin-S: 26.46M parameters, 83.9% ImageNet top-1 (Swin-S: 50M, 83.2%)."""
-    arch = dict(img_size=224, patch_size=4, window_size=7, embed_dim=96, depths=[2, 2, 18, 2],
-                num_heads=[3, 6, 12, 24], unique_blocks=[1, 1, 9, 1], drop_path_rate=0.1)
-    return _create("mini_swin_small_patch4_window7_224", pretrained, arch, kwargs)
-
-
-@register_model
-def mini_swin_base_patch4_window7_224(pretrained: bool = False, **kwargs) -> MultiplexedSwinTransformer:
-    """Mini-Swin-B: 46.44M parameters, 84.5% ImageNet top-1 (Swin-B: 88M, 83.5%)."""
-    arch = dict(img_size=224, patch_size=4, window_size=7, embed_dim=128, depths=[2, 2, 18, 2],
-                num_heads=[4, 8, 16, 32], unique_blocks=[1, 1, 9, 1], drop_path_rate=0.2)
-    return _create("mini_swin_base_patch4_window7_224", pretrained, arch, kwargs)
+default_cfgs = release_cfgs(RELEASES, pool_size=(7, 7), fixed_input_size=True, classifier="head.fc")
+globals().update(register_releases(__name__, RELEASES, _create))
 
 
 # --------------------------------------------------------------------------- the authors' hyper-parameters

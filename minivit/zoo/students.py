@@ -21,7 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..families import MultiplexedSwinTransformer, MultiplexedVisionTransformer
-from .keys import imagenet_cfg
+from .releases import imagenet_cfg
 
 
 def _cfg(classifier: str) -> dict:
