@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from minivit.data.config import DataConfig, legacy_data_config
+from minivit.data.config import AugmentConfig, DataConfig, legacy_data_config
 from minivit.data.pipeline import ImagePipeline, ImgSize, LightAugment
-from minivit.data.transforms import isolated_rng
+from minivit.data.transforms import isolated_rng, random_erasing
 from minivit.errors import DataError
 
 Sample = tuple[torch.Tensor, int]
@@ -227,3 +227,31 @@ class TensorImageDataset(ImageDataset):
 
     def sample_id(self, index: int) -> str:
         return f"{self.split or 'sample'}/{int(self.source_index[index])}"
+
+
+def in_memory_split(
+    tensors: tuple[torch.Tensor, torch.Tensor],
+    classes: Sequence[str],
+    split: str,
+    *,
+    name: str,
+    train_augment: bool = False,
+    augment: AugmentConfig | None = None,
+    **options,
+) -> TensorImageDataset:
+    """One split of a built-in in-memory set, ``tensors`` its images and labels, as a :class:`TensorImageDataset`
+    (``options``: its ``img_size``, ``in_chans``, ``limit`` and ``data_config``).
+
+    ``train_augment`` (or an ``augment`` config) adds a random shift by 1/14 of the side (2 pixels at 28x28) with
+    black padding and a random horizontal flip (probability ``augment.hflip``), plus random erasing when
+    ``augment.reprob`` is positive.
+    """
+    if augment is not None:
+        light = LightAugment(flip=augment.hflip > 0)
+    else:
+        light = LightAugment() if train_augment else None
+    images, labels = tensors
+    return TensorImageDataset(
+        images, labels, classes, augment=light, erasing=random_erasing(augment), name=name,
+        split=normalize_split(split), **options,
+    )  # fmt: skip

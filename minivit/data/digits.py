@@ -12,8 +12,7 @@ import functools
 import numpy as np
 import torch
 
-from minivit.data.base import TensorImageDataset, normalize_split
-from minivit.data.config import DataConfig
+from minivit.data.base import TensorImageDataset, in_memory_split, normalize_split
 from minivit.data.pipeline import ImgSize
 
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
@@ -50,17 +49,12 @@ def load_digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_digits(
-    split: str,
-    img_size: ImgSize | None = None,
-    in_chans: int | None = None,
-    *,
-    train_augment: bool = False,
-    limit: int | None = None,
-    data_config: DataConfig | None = None,
+    split: str, img_size: ImgSize | None = None, in_chans: int | None = None, **options
 ) -> TensorImageDataset:
-    """The digits as a :class:`TensorImageDataset`. ``train_augment`` is accepted and ignored."""
-    images, labels = load_digits_tensors(split)
-    return TensorImageDataset(
-        images, labels, DIGITS_CLASSES, img_size=img_size, in_chans=in_chans, limit=limit, name="digits",
-        data_config=data_config, split=normalize_split(split),
-    )  # fmt: skip
+    """The digits as a :class:`TensorImageDataset` (``options``: ``limit``, ``data_config``; see
+    :func:`~minivit.data.base.in_memory_split`). ``train_augment`` is accepted and ignored."""
+    options.pop("train_augment", None)  # never augmented: flipping or shifting 8x8 digits changes what they show
+    tensors = load_digits_tensors(split)
+    return in_memory_split(
+        tensors, DIGITS_CLASSES, split, name="digits", img_size=img_size, in_chans=in_chans, **options
+    )

@@ -30,11 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minivit.data.base import TensorImageDataset, normalize_split
-from minivit.data.config import AugmentConfig, DataConfig
+from minivit.data.base import TensorImageDataset, in_memory_split, normalize_split
 from minivit.data.idx import read_idx
-from minivit.data.pipeline import ImgSize, LightAugment
-from minivit.data.transforms import random_erasing
+from minivit.data.pipeline import ImgSize
 from minivit.errors import DataError
 
 FASHION_MNIST_CLASSES = (
@@ -287,37 +285,15 @@ def load_fashion_mnist(
     img_size: ImgSize | None = None,
     in_chans: int | None = None,
     *,
-    train_augment: bool = False,
-    limit: int | None = None,
     root: str | os.PathLike | None = None,
     download: bool = True,
-    data_config: DataConfig | None = None,
-    augment: AugmentConfig | None = None,
+    **options,
 ) -> TensorImageDataset:
-    """Fashion-MNIST as a :class:`TensorImageDataset` ("val" is the official 10k test set).
-
-    ``train_augment`` (or an ``augment`` config) adds a random 2-pixel (at 28x28) shift with black
-    padding and a random horizontal flip (probability ``augment.hflip``), plus random erasing
-    when ``augment.reprob`` is positive.
+    """Fashion-MNIST as a :class:`TensorImageDataset` ("val" is the official 10k test set), from ``root`` or
+    found (and downloaded when ``download``) as :func:`locate_fashion_mnist` does. ``options``:
+    ``train_augment``, ``augment``, ``limit``, ``data_config`` (see :func:`~minivit.data.base.in_memory_split`).
     """
-    folder = locate_fashion_mnist(root, download=download)
-    split = normalize_split(split)
-    images, labels = load_fashion_mnist_tensors(folder, split)
-    light = None
-    if augment is not None:
-        light = LightAugment(flip=augment.hflip > 0)
-    elif train_augment:
-        light = LightAugment()
-    return TensorImageDataset(
-        images,
-        labels,
-        FASHION_MNIST_CLASSES,
-        img_size=img_size,
-        in_chans=in_chans,
-        augment=light,
-        limit=limit,
-        name="fashion-mnist",
-        data_config=data_config,
-        erasing=random_erasing(augment),
-        split=split,
+    tensors = load_fashion_mnist_tensors(locate_fashion_mnist(root, download=download), split)
+    return in_memory_split(
+        tensors, FASHION_MNIST_CLASSES, split, name="fashion-mnist", img_size=img_size, in_chans=in_chans, **options
     )
