@@ -243,3 +243,23 @@ def test_push_refuses_a_bad_repository_name(tmp_path, hub, capsys):
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and err.startswith("error: repository 'no-owner'") and "\n" not in err
     assert not Path(hub[0]).exists()
+
+
+@pytest.mark.parametrize("family", ["deit", "swin"])
+def test_released_models_are_timm_entrypoints_named_as_in_their_table(family):
+    from timm.models import get_pretrained_cfg, model_entrypoint
+
+    from minivit.zoo import OFFICIAL
+    from minivit.zoo.releases import RELEASE_URL
+
+    module = OFFICIAL[family]
+    assert timm.list_models(f"mini_{family}_*") == sorted(module.RELEASES)
+    for name, release in module.RELEASES.items():
+        entrypoint = getattr(module, name)  # importable by name
+        assert model_entrypoint(name) is entrypoint
+        assert (entrypoint.__name__, entrypoint.__qualname__, entrypoint.__module__) == (name, name, module.__name__)
+        assert entrypoint.__doc__ == release.doc
+        cfg = get_pretrained_cfg(name)
+        assert cfg.architecture == name and cfg.url == RELEASE_URL + (release.file or f"{name}.pth")
+    assert get_pretrained_cfg("mini_deit_base_patch16_384").input_size == (3, 384, 384)
+    assert get_pretrained_cfg("mini_swin_tiny_patch4_window7_224").classifier == "head.fc"

@@ -70,6 +70,15 @@ class ImageDataset(Dataset):
 
     Without ``data_config`` the preprocessing is :func:`~minivit.data.config.legacy_data_config`
     of ``img_size`` and ``in_chans`` (squash, bilinear, mean 0.5 / std 0.5).
+
+    Args:
+        classes: class names.
+        img_size, in_chans: the model's input size and channels (or give ``data_config``).
+        augment: optional training augmentation.
+        name: a short name for messages and ``repr``.
+        data_config: the model's preprocessing (see :class:`~minivit.data.config.DataConfig`).
+        erasing: optional random erasing of normalised batches (see
+            :func:`~minivit.data.transforms.random_erasing`).
     """
 
     def __init__(
@@ -156,14 +165,11 @@ class TensorImageDataset(ImageDataset):
         images: ``uint8`` tensor ``[N, H, W]`` (grey) or ``[N, C, H, W]``.
         labels: integer labels ``[N]`` in ``[0, len(classes))``.
         classes: class names.
-        img_size, in_chans: the model's input size and channels (or give ``data_config``).
-        augment: optional training augmentation.
         limit: keep only this many samples (see :func:`stratified_first_n`).
         name: a short name for messages and ``repr``.
-        data_config: the model's preprocessing (see :class:`~minivit.data.config.DataConfig`).
-        erasing: optional random erasing of normalised batches (see
-            :func:`~minivit.data.transforms.random_erasing`).
         split: the split's name, used by :meth:`sample_id`.
+        preprocess: ``img_size``, ``in_chans``, ``augment``, ``data_config``, ``erasing`` as for
+            :class:`ImageDataset`.
     """
 
     def __init__(
@@ -172,19 +178,12 @@ class TensorImageDataset(ImageDataset):
         labels: torch.Tensor,
         classes: Sequence[str],
         *,
-        img_size: ImgSize | None = None,
-        in_chans: int | None = None,
-        augment: LightAugment | None = None,
         limit: int | None = None,
         name: str = "tensor",
-        data_config: DataConfig | None = None,
-        erasing=None,
         split: str = "",
+        **preprocess,
     ):
-        super().__init__(
-            classes, img_size=img_size, in_chans=in_chans, augment=augment, name=name,
-            data_config=data_config, erasing=erasing,
-        )  # fmt: skip
+        super().__init__(classes, name=name, **preprocess)
         self.split = split
         if images.dtype != torch.uint8 or images.ndim not in (3, 4):
             raise DataError(
