@@ -9,9 +9,11 @@ compressed to about 1/2, 1/4 and 1/12 of its block bytes by
 
 all initialised from the teacher and distilled the same way for the same number of steps; then every
 student and the teacher are quantised to int8 with the exporter's own dynamic int8
-(:func:`minivit.export.quantize_dynamic_int8`) and evaluated again. Bytes are those of the saved state
-dict (:func:`minivit.export.state_dict_bytes`: fp32 and int8 measured alike). Rows within 0.5 top-1 points of
-one another get a second seed.
+(:func:`minivit.export.quantize_dynamic_int8`) and evaluated again. Bytes are those of the weights file a
+user keeps: ``model.safetensors`` for fp32 (:func:`minivit.export.safetensors_bytes`) and
+``model.int8.safetensors`` for int8 (``minivit export --format safetensors --int8``,
+:func:`minivit.export.int8_bytes`), so every model pays the same small per-tensor header. Rows within 0.5
+top-1 points of one another at the same budget get a second seed.
 
 Outputs (``--out``, default ``benchmarks/results``): ``frontier.json``, ``frontier.md``,
 ``frontier_bytes.png`` (top-1 vs stored MB) and ``frontier_latency.png`` (top-1 vs CPU latency), each with
@@ -45,7 +47,7 @@ from minivit.budget import plan
 from minivit.data import build_dataset
 from minivit.distill import DistillationObjective, DistillConfig
 from minivit.distill.cache import cache_teacher_logits
-from minivit.export import quantize_dynamic_int8, state_dict_bytes
+from minivit.export import int8_bytes, is_quantized, quantize_dynamic_int8, safetensors_bytes
 from minivit.families import build_vit, describe_vit
 from minivit.measure import latency_ms, tensor_bytes
 from minivit.train import TrainConfig, evaluate, fit
@@ -137,7 +139,7 @@ def measure(model: nn.Module, val, a) -> dict:
     model.eval()
     return {
         "top1": evaluate(model, val, batch_size=512)["top1"],
-        "bytes": state_dict_bytes(model),
+        "bytes": int8_bytes(model) if is_quantized(model) else safetensors_bytes(model),
         "latency_ms": latency_ms(model, (1, 1, 28, 28), runs=a.latency_runs),
     }
 
@@ -220,7 +222,7 @@ def arguments(argv):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--mlp-ratio", type=float, default=2.0)
     p.add_argument("--patch", type=int, default=7)
-    p.add_argument("--student-epochs", type=int, default=3)
+    p.add_argument("--student-epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=float, default=0.1)
     p.add_argument("--distill", type=json.loads, default=None,
@@ -301,8 +303,8 @@ def main(argv=None) -> None:
         extra = {"how": rs[0][2]["how"], "train_s": rs[0][2]["train_s"]}
         results[name] = row_record(name, kind, k, False, [r[0] for r in rs], extra)
         results[name + "_int8"] = row_record(name + "_int8", kind, k, True, [r[1] for r in rs], extra)
-    write_results(results, checks(results, results["teacher"]["top1"]), crit, a, out, t0, argv)
-    log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; wrote {out / 'frontier.json'}")
+    name = write_results(results, checks(results, results["teacher"]["top1"]), crit, a, out, t0, argv)
+    log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; wrote {out / name}.json")
 
 
 def _keep(work: Path, name: str, run: tuple) -> None:
@@ -311,7 +313,7 @@ def _keep(work: Path, name: str, run: tuple) -> None:
         f.write(json.dumps({"name": name, "fp32": run[0], "int8": run[1], "info": run[2]}, default=str) + "\n")
 
 
-def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0: float, argv) -> None:
+def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0: float, argv) -> str:
     rows = list(results.values())
     plots = []
     for key, label, fname in (("mb", "stored MB", "frontier_bytes.png"), ("latency_ms", "CPU latency, batch 1 (ms)",
@@ -335,6 +337,7 @@ def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0:
           markdown_table(sorted(rows, key=lambda r: -r["bytes"]), cols), "", "## Targets", "",
           markdown_table(held), ""] + [f"![{p}]({p})" for p in plots]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
+    return name
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from minivit.export import (
     add_export_arguments,
     export_from_args,
     export_onnx,
+    export_safetensors,
     export_torchscript,
     quantize_dynamic_int8,
     run_export,
@@ -233,13 +234,45 @@ def test_cli_arguments_drive_run_export(model_dir, tmp_path):
         parser.parse_args(["--model", str(model_dir), "--format", "tflite"])
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_int8_safetensors_round_trip_is_exact_and_small(model_dir, tmp_path, per_channel):
+    """``--format safetensors --int8``: plain int8 tensors that load back into the exporter's own int8 model."""
+    from safetensors import safe_open
+
+    from minivit.export import int8_bytes, load_int8_safetensors, safetensors_bytes
+
+    model = minivit.from_pretrained(model_dir)
+    info = run_export(model_dir, "safetensors", int8=True, per_channel=per_channel)
+    out = model_dir / "export" / "safetensors-int8"
+    assert info["path"] == str(out) and info["int8"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.int8.safetensors"]
+    assert info["weights_bytes"] == (out / "model.int8.safetensors").stat().st_size == int8_bytes(model, per_channel)
+    assert info["weights_bytes"] < 0.5 * safetensors_bytes(model)  # (norms, iRPE tables, head mixing stay fp32)
+    assert safetensors_bytes(model) == (model_dir / "model.safetensors").stat().st_size
+    with safe_open(out / "model.int8.safetensors", "pt") as f:
+        qkv = f.get_tensor("blocks.0.shared.attn.qkv.weight")
+        scale = f.get_tensor("blocks.0.shared.attn.qkv.weight_scale")
+    assert qkv.dtype == torch.int8 and scale.shape == ((qkv.shape[0],) if per_channel else ())
+    loaded = load_int8_safetensors(out)
+    reference = quantize_dynamic_int8(model, per_channel=per_channel)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), reference(x))
+    assert loaded.pretrained_cfg["mean"] == model.pretrained_cfg["mean"]
+    (out / "model.int8.safetensors").write_bytes(b"broken")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_int8_safetensors(out)
+    with pytest.raises(CheckpointError, match="holds no int8 model"):
+        load_int8_safetensors(model_dir)
+
+
 def test_run_export_errors_are_clear(model_dir, tmp_path):
     with pytest.raises(CheckpointError, match="model directory not found"):
         run_export(tmp_path / "nope", "onnx")
     with pytest.raises(ConfigError, match="unknown export format 'tflite'.*onnx, torchscript, safetensors"):
         run_export(model_dir, "tflite")
-    with pytest.raises(ConfigError, match="--int8 does not apply to safetensors"):
-        run_export(model_dir, "safetensors", int8=True)
+    with pytest.raises(ConfigError, match="int8-quantised model cannot be saved as safetensors"):
+        export_safetensors(quantize_dynamic_int8(minivit.from_pretrained(model_dir)), tmp_path / "q")
     with pytest.raises(ConfigError, match="input_size must be"):
         run_export(model_dir, "torchscript", input_size=(1, 2, 3, 4, 5))
     with pytest.raises(ConfigError, match="unknown ONNX exporter"):

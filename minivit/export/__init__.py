@@ -9,7 +9,9 @@ weights *stay* shared on disk:
   smaller than its teacher's. Verified in onnxruntime (max abs difference reported), written atomically.
 * :func:`export_onnx_int8`: the same graph, dynamically quantised to int8 by onnxruntime.
 * :func:`export_torchscript` (``torch.jit.trace``, reloaded and verified) and
-  :func:`export_safetensors` (``minivit.save_pretrained``).
+  :func:`export_safetensors` (``minivit.save_pretrained``; with ``int8=True`` the dynamic-int8 weights as plain
+  tensors, :mod:`minivit.export.int8`, loaded back by :func:`load_int8_safetensors`; :func:`int8_bytes` and
+  :func:`safetensors_bytes` give the files' sizes without writing them).
 * :func:`export_job` / :class:`ExportJob`: the validate -> stage -> verify -> commit steps every exporter
   shares (sizes in MB = 10^6 bytes, :mod:`minivit.measure`).
 * :func:`quantize_dynamic_int8`: ``torch.ao`` dynamic int8 Linear layers, each shared Linear once;
@@ -59,6 +61,10 @@ _NAMES = {
     "format_summary": ".run",
     "run_export": ".run",
     "export_safetensors": ".safetensors",
+    "int8_bytes": ".int8",
+    "int8_tensors": ".int8",
+    "load_int8_safetensors": ".int8",
+    "safetensors_bytes": ".int8",
     "export_torchscript": ".torchscript",
     "is_quantized": ".torchscript",
 }
@@ -76,10 +82,14 @@ __all__ = [
     "export_safetensors",
     "export_torchscript",
     "format_summary",
+    "int8_bytes",
+    "int8_tensors",
     "is_quantized",
+    "load_int8_safetensors",
     "quantize_dynamic_int8",
     "quantize_onnx_file",
     "run_export",
+    "safetensors_bytes",
     "share_weights",
     "size_report",
     "state_dict_bytes",
@@ -89,6 +99,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ._io import EXPORTERS, ExportJob, export_job
+    from .int8 import int8_bytes, int8_tensors, load_int8_safetensors, safetensors_bytes
     from .onnx_export import export_onnx, export_onnx_int8, quantize_onnx_file, verify_onnx
     from .onnx_graph import share_weights, weight_stats
     from .quantize import quantize_dynamic_int8, size_report, state_dict_bytes

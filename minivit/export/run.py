@@ -10,8 +10,8 @@ them, so wiring the sub-command is::
     p.set_defaults(func=lambda args: print(format_summary(export_from_args(args))))
 
 Default output paths live in ``<model_dir>/export/``: ``model.onnx``, ``model.int8.onnx``,
-``model.torchscript.pt``, ``model.int8.torchscript.pt`` and ``safetensors/``. An ``--output`` that is
-an existing folder receives the default file name.
+``model.torchscript.pt``, ``model.int8.torchscript.pt``, ``safetensors/`` and ``safetensors-int8/``. An
+``--output`` that is an existing folder receives the default file name.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ DEFAULT_NAMES = {
     ("torchscript", False): "model.torchscript.pt",
     ("torchscript", True): "model.int8.torchscript.pt",
     ("safetensors", False): "safetensors",
+    ("safetensors", True): "safetensors-int8",
 }
 
 
@@ -48,10 +49,6 @@ def default_output(model_dir: str | os.PathLike, fmt: str, int8: bool = False) -
 def _check_format(fmt: str, int8: bool) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}", f"use one of {', '.join(FORMATS)}")
-    if int8 and fmt == "safetensors":
-        raise ConfigError(
-            "--int8 does not apply to safetensors", "int8 models are exported with --format torchscript or onnx"
-        )
 
 
 def run_export(
@@ -104,7 +101,7 @@ def run_export(
     elif fmt == "torchscript":
         summary = _export_torchscript(model, out, size, int8, per_channel, verify)
     else:
-        summary = export_safetensors(model, out)
+        summary = export_safetensors(model, out, int8=int8, per_channel=per_channel)
     source = (model_dir / WEIGHTS_NAME).stat().st_size
     summary = {
         "format": fmt,
