@@ -11,12 +11,15 @@ Pairs (random weights; latency does not depend on their values):
 Both models of a pair run in alternation, in eval mode under ``torch.inference_mode`` (so machine noise hits
 both alike); the reported ratio is the median over rounds of student time / teacher time, with each model's
 median time. Batches 1 and 32, 1 and 2 threads by default. With ``--onnx`` both models are exported once
-(``minivit.export.export_onnx``, dynamic batch) and timed the same way in onnxruntime. Target: ratio <= 1.10.
+(``minivit.export.export_onnx``, dynamic batch) and timed the same way in onnxruntime; with ``--compile`` both
+are compiled by ``torch.compile`` (inductor, one graph per batch size; what ``minivit eval --compile`` runs) and
+timed the same way. Target: ratio <= 1.10.
 On a machine shared with other work, trust the ratios (paired), not the absolute times, and prefer
 ``--clock cpu --threads 1`` (the process's CPU time hardly depends on other processes).
 
     python benchmarks/latency.py [--quick] [--cases deit_s/2 small/2 small/4 mini_swin_t] [--onnx]
-                                 [--batches 1 32] [--threads 1 2] [--reps 20] [--clock wall|cpu]
+                                 [--compile] [--no-eager] [--batches 1 32] [--threads 1 2] [--reps 20]
+                                 [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -88,16 +91,19 @@ def _reps(reps: int, batch: int) -> int:
     return reps if batch <= 4 else max(3, reps // 4)
 
 
-def eager_rows(teacher, student, shape, batches, threads, reps):
+def eager_rows(teacher, student, shape, batches, threads, reps, engine="eager"):
     rows = []
     teacher, student = teacher.eval(), student.eval()
+    if engine == "compiled":
+        torch._dynamo.reset()  # fresh caches: compiled code of earlier cases must not count toward the recompile limit
+        teacher, student = (torch.compile(m, dynamic=False) for m in (teacher, student))
     for n in threads:
         torch.set_num_threads(n)
         for bs in batches:
             x = torch.randn(bs, *shape)
             with torch.inference_mode():
                 ta, tb, ratio = paired(partial(teacher, x), partial(student, x), _reps(reps, bs))
-            rows.append(("eager", n, bs, ta, tb, ratio))
+            rows.append((engine, n, bs, ta, tb, ratio))
     return rows
 
 
@@ -134,6 +140,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="+", default=None)
     p.add_argument("--reps", type=int, default=None, help="rounds at batch <= 4 (a quarter of them above)")
     p.add_argument("--onnx", action="store_true", help="also time both models exported to ONNX in onnxruntime")
+    p.add_argument("--compile", action="store_true", help="also time both models compiled by torch.compile")
+    p.add_argument("--no-eager", action="store_true", help="skip the eager rows (with --onnx or --compile)")
     p.add_argument("--clock", choices=list(CLOCKS), default="wall",
                    help="cpu: the process's CPU time, far less disturbed by other load with 1 thread")
     a = p.parse_args()
@@ -150,7 +158,9 @@ def main() -> None:
     print("{:12s} {:11s} {:>3s} {:>5s} {:>10s} {:>10s} {:>7s}".format(*header))
     for case in a.cases:
         teacher, student, shape = CASES[case]()
-        rows = eager_rows(teacher, student, shape, a.batches, a.threads, a.reps)
+        rows = [] if a.no_eager else eager_rows(teacher, student, shape, a.batches, a.threads, a.reps)
+        if a.compile:
+            rows += eager_rows(teacher, student, shape, a.batches, a.threads, a.reps, engine="compiled")
         if a.onnx:
             rows += onnx_rows(teacher, student, shape, a.batches, a.threads, a.reps)
         for engine, n, bs, ta, tb, ratio in rows:
