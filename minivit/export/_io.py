@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -45,11 +46,18 @@ def check_file_target(path: str | os.PathLike, what: str) -> Path:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[io.StringIO]:
-    """Silence exporter chatter (progress prints on stdout, deprecation warnings); yields the captured text."""
+    """Silence exporter chatter (progress prints on stdout, deprecation warnings, the tracebacks torch logs when
+    its dynamo exporter gives up and the next one is tried); yields the captured stdout."""
     buf = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
-        warnings.simplefilter("ignore")
-        yield buf
+    torch_log = logging.getLogger("torch")
+    level = torch_log.level
+    torch_log.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        torch_log.setLevel(level)
 
 
 @contextlib.contextmanager
