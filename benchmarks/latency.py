@@ -91,7 +91,7 @@ def _reps(reps: int, batch: int) -> int:
     return reps if batch <= 4 else max(3, reps // 4)
 
 
-def eager_rows(teacher, student, shape, batches, threads, reps, engine="eager"):
+def torch_rows(teacher, student, shape, batches, threads, reps, engine="eager"):
     rows = []
     teacher, student = teacher.eval(), student.eval()
     if engine == "compiled":
@@ -158,9 +158,9 @@ def main() -> None:
     print("{:12s} {:11s} {:>3s} {:>5s} {:>10s} {:>10s} {:>7s}".format(*header))
     for case in a.cases:
         teacher, student, shape = CASES[case]()
-        rows = [] if a.no_eager else eager_rows(teacher, student, shape, a.batches, a.threads, a.reps)
+        rows = [] if a.no_eager else torch_rows(teacher, student, shape, a.batches, a.threads, a.reps)
         if a.compile:
-            rows += eager_rows(teacher, student, shape, a.batches, a.threads, a.reps, engine="compiled")
+            rows += torch_rows(teacher, student, shape, a.batches, a.threads, a.reps, engine="compiled")
         if a.onnx:
             rows += onnx_rows(teacher, student, shape, a.batches, a.threads, a.reps)
         for engine, n, bs, ta, tb, ratio in rows:

@@ -14,8 +14,8 @@ in ``model.int8.safetensors``, next to the fp32 model's ``config.json`` with an 
 its outputs equal the exporter's quantised model up to the float32 rounding of the scales.
 
 Written by ``minivit export --format safetensors --int8``. :func:`int8_bytes` is the size that file has,
-without writing it: what the accuracy-per-byte benchmark
-counts for an int8 model (:func:`safetensors_bytes` likewise for fp32).
+without writing it: what the accuracy-per-byte benchmark counts for an int8 model (:func:`safetensors_bytes`
+likewise for fp32).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from .quantize import quantize_dynamic_int8
 from .torchscript import is_quantized
 
 INT8_WEIGHTS_NAME = "model.int8.safetensors"
-QUANTISED_KEYS = ("weight", "weight_scale", "weight_zero_point", "bias")
 
 
 def _dynamic_linears(model: nn.Module) -> dict[str, nn.Module]:
@@ -46,16 +45,17 @@ def _dynamic_linears(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _plain_tensors(model: nn.Module, skip: dict[str, nn.Module]) -> dict[str, Tensor]:
-    """Every state-dict tensor that does not belong to a quantised Linear (their packed parameters)."""
+    """Every state-dict tensor that does not belong to a quantised Linear (their packed parameters); the
+    model's own tensors, not copies."""
     prefixes = tuple(f"{n}." for n in skip)
-    return {k: v.detach().contiguous() for k, v in model.state_dict().items()
+    return {k: v.detach() for k, v in model.state_dict().items()
             if isinstance(v, Tensor) and not k.startswith(prefixes)}
 
 
 def int8_tensors(qmodel: nn.Module) -> dict[str, Tensor]:
     """The tensors of ``model.int8.safetensors`` for a model quantised by :func:`quantize_dynamic_int8`."""
     linears = _dynamic_linears(qmodel)
-    out = _plain_tensors(qmodel, linears)
+    out = {k: v.contiguous() for k, v in _plain_tensors(qmodel, linears).items()}
     for name, layer in linears.items():
         w = layer.weight()
         if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
@@ -83,8 +83,9 @@ def int8_bytes(model: nn.Module, per_channel: bool = False) -> int:
 
 def safetensors_bytes(model: nn.Module) -> int:
     """Bytes of the ``model.safetensors`` :func:`minivit.save_pretrained` writes for ``model``."""
-    return len(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                    metadata={"format": "pt"}))
+    from ..io.pretrained import weights_to_save
+
+    return len(save(weights_to_save(model), metadata={"format": "pt"}))
 
 
 def save_int8(model: nn.Module, directory: Path, per_channel: bool = False) -> None:
@@ -114,21 +115,16 @@ def load_int8_safetensors(directory: str | os.PathLike) -> nn.Module:
         tensors = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - SafetensorError (Rust) on a damaged file
         raise CheckpointError(f"cannot read {path} ({str(e).splitlines()[0]})", "re-export the model") from None
-    model = build_from_config(cfg)
-    names = [n for n, m in model.named_modules() if type(m) is nn.Linear]  # what quantize_dynamic_int8 swaps
-    plain = _plain_tensors(model, dict.fromkeys(names))
-    model = quantize_dynamic_int8(model, per_channel=bool(scheme.get("per_channel")), inplace=True)
-    linears = _dynamic_linears(model)
-    expected = set(plain)
-    for name, layer in linears.items():
-        expected |= {f"{name}.{k}" for k in QUANTISED_KEYS[:3]} | ({f"{name}.bias"} if layer.bias() is not None
-                                                                   else set())
+    model = quantize_dynamic_int8(build_from_config(cfg), per_channel=bool(scheme.get("per_channel")), inplace=True)
+    expected = set(int8_tensors(model))  # the keys this architecture's file holds
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         raise CheckpointError(f"{path} does not match its config.json (missing {missing[:3]}, unexpected "
                               f"{extra[:3]})", "re-export the model")
-    for key, value in plain.items():
-        value.copy_(tensors[key])  # the state dict's tensors are the model's own
+    linears = _dynamic_linears(model)
+    with torch.no_grad():
+        for key, value in _plain_tensors(model, linears).items():
+            value.copy_(tensors[key])
     for name, layer in linears.items():
         layer.set_weight_bias(_qweight(tensors, name), tensors.get(f"{name}.bias"))
     return restore_data_config(model, cfg.get("pretrained_cfg")).eval()

@@ -175,13 +175,18 @@ def build_from_config(cfg: dict) -> nn.Module:
     return model
 
 
+def weights_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors :func:`save_pretrained` writes to ``model.safetensors`` (the state dict, on CPU, contiguous)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created; replaced atomically)."""
     directory = Path(directory)
     cfg = model_config(check_materialised(model))
     if extra:
         cfg.update(extra)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = weights_to_save(model)
     directory.parent.mkdir(parents=True, exist_ok=True)
     with atomic_folder(directory, last=(CONFIG_NAME,)) as tmp:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
