@@ -1,5 +1,6 @@
 """minivit: make vision transformers several times smaller by weight multiplexing (MiniViT)."""
 
+from .core.delta import fold_deltas
 from .errors import CheckpointError, ConfigError, DataError, MinivitError
 from .families import MultiplexedSwinTransformer, MultiplexedVisionTransformer
 from .io import from_pretrained, load_official, save_pretrained
@@ -19,6 +20,7 @@ __all__ = [
     "MultiplexedVisionTransformer",
     "create_model",
     "list_models",
+    "fold_deltas",
     "from_pretrained",
     "load_official",
     "multiplex",

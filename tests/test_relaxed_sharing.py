@@ -144,3 +144,50 @@ def test_int8_quantisation_reaches_the_deltas():
         ref = student(x)
         assert (q(x) - ref).abs().max() <= 0.05 * ref.abs().max()
     repr(q)  # printing a quantised student works
+
+
+def _trained_a_little(student):
+    """Deltas moved away from their SVD start, so folding has something to get wrong."""
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "delta" in name:
+                p.add_(torch.randn_like(p) * 0.02)
+    return student
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_folded_deltas_equal_the_factorised_student(family):
+    teacher = tiny_vit() if family == "vit" else tiny_swin()
+    student = _trained_a_little(minivit.multiplex(teacher, share=2, delta_rank=3, init="mean")).eval()
+    folded = minivit.fold_deltas(student)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(folded(x), student(x)) < 1e-5
+    # the inference copy runs one product per corrected map; the model it came from keeps its factors
+    kinds = {type(getattr(layer.delta, n)).__name__ for _, layer in iter_layers(folded) for n in DELTA_NAMES}
+    assert kinds == {"FoldedDelta"}
+    assert all(type(layer.delta.qkv) is LowRankDelta for _, layer in iter_layers(student))
+    assert folded.state_dict().keys() == student.state_dict().keys()
+    assert minivit.measure.tensor_bytes(folded) == minivit.measure.tensor_bytes(student)
+
+
+def test_folded_model_refuses_training_and_plain_models_pass_through():
+    student = minivit.multiplex(tiny_vit(), share=2, delta_rank=2)
+    folded = minivit.fold_deltas(student)
+    with pytest.raises(minivit.ConfigError, match="folded for inference"):
+        folded.train()
+    student.train()  # the original is untouched and can still train
+    assert student.training and all(type(layer.delta.fc1) is LowRankDelta for _, layer in iter_layers(student))
+    plain = minivit.multiplex(tiny_vit(), share=2)
+    assert minivit.fold_deltas(plain) is plain
+
+
+def test_folding_leaves_int8_deltas_alone():
+    from minivit.export import quantize_dynamic_int8
+
+    student = minivit.multiplex(tiny_vit(), share=2, delta_rank=2).eval()
+    q = quantize_dynamic_int8(student)
+    folded = minivit.fold_deltas(q)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(folded(x), q(x))

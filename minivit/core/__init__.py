@@ -1,6 +1,6 @@
 """Family-independent parts of weight multiplexing: the mechanism, per-layer transforms, merging, the recipe."""
 
-from .delta import DELTA_NAMES, LayerDeltas, LowRankDelta
+from .delta import DELTA_NAMES, FoldedDelta, LayerDeltas, LowRankDelta, fold_deltas
 from .features import take_indices
 from .irpe import ContextualRPE, num_product_buckets, piecewise_index, product_bucket_index
 from .merge import merge_modules
@@ -26,6 +26,7 @@ __all__ = [
     "SOURCE_KEYS",
     "ContextualRPE",
     "Family",
+    "FoldedDelta",
     "HeadMix",
     "LayerDeltas",
     "LowRankDelta",
@@ -34,6 +35,7 @@ __all__ = [
     "build_groups",
     "check_share",
     "copy_outside_blocks",
+    "fold_deltas",
     "iter_layers",
     "merge_modules",
     "num_product_buckets",

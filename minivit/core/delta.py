@@ -9,12 +9,21 @@ Built from a teacher, the delta starts at the truncated SVD of ``W_teacher_l - W
 ``b_l = bias_teacher_l - bias_shared``): the student equals its teacher when ``r`` reaches the rank of that
 difference. Components with no singular value to start from (e.g. the first layer of a group with
 ``init=first``) get a small random ``A`` and a zero ``B``: they add nothing at step 0 but can learn.
+
+For inference, :func:`fold_deltas` returns a copy in which each layer runs one map with weight
+``W_shared + B_l A_l`` (:class:`FoldedDelta`): the same arithmetic as the teacher, instead of three products
+and a sum per map. Saved and exported models keep the factors; only that inference copy holds full weights.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..errors import ConfigError
 
 DELTA_NAMES = ("qkv", "proj", "fc1", "fc2")
 
@@ -94,6 +103,58 @@ class LayerDeltas(nn.Module):
         return cls(deltas)
 
 
+class FoldedDelta(nn.Module):
+    """A :class:`LowRankDelta` folded into the shared map it corrects, for inference: ``x -> (W + up @ down) x +
+    (b + bias)`` in one product. The factors stay (same state-dict keys as the delta); the folded ``weight`` and
+    ``bias`` are non-persistent buffers computed once, when folding. Inference only: training mode is refused,
+    since the folded weight would go stale as the factors learn."""
+
+    def __init__(self, shared: nn.Linear, delta: LowRankDelta):
+        super().__init__()
+        self.rank = delta.rank
+        self.down_proj, self.up_proj = delta.down_proj, delta.up_proj
+        with torch.no_grad():
+            weight = shared.weight + delta.up @ delta.down
+            bias = None if shared.bias is None else shared.bias + (0 if delta.bias is None else delta.bias)
+        self.register_buffer("weight", weight.detach().clone(), persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=False)
+        self.training = False
+
+    def train(self, mode: bool = True) -> FoldedDelta:
+        if mode:
+            raise ConfigError("this model's deltas are folded for inference and cannot train",
+                              "train the model you folded, then call minivit.fold_deltas(model) again")
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, folded"
+
+
+def fold_deltas(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` whose low-rank deltas are folded into full per-layer weights
+    (:class:`FoldedDelta`): each corrected map is one ``F.linear``, so a relaxed-sharing student runs at the
+    cost of a plain one. Outputs equal ``model``'s to float rounding. ``model`` itself is untouched; a model
+    without (float) deltas is returned as it is. Use the copy for predictions and latency, and keep ``model``
+    for saving, training and export (where the deltas stay factorised)."""
+    from .multiplex import iter_layers
+
+    if not any(getattr(layer, "delta", None) is not None for _, layer in iter_layers(model)):
+        return model
+    out = copy.deepcopy(model).eval()
+    for shared, layer in iter_layers(out):
+        if layer.delta is None:
+            continue
+        maps = block_linears(shared)
+        for name in DELTA_NAMES:
+            delta, base = getattr(layer.delta, name), maps[name]
+            if type(delta) is LowRankDelta and type(base) is nn.Linear and type(delta.up_proj) is nn.Linear:
+                setattr(layer.delta, name, FoldedDelta(base, delta))
+    return out
+
+
 def layer_deltas(shared: nn.Module, block: nn.Module, rank: int) -> LayerDeltas | None:
     """The deltas taking a group's ``shared`` block to a layer's source ``block``; None for ``rank == 0``."""
     return LayerDeltas.between(block_linears(shared), block_linears(block), rank) if rank else None
@@ -104,9 +165,11 @@ def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
     return dict(qkv=block.attn.qkv, proj=block.attn.proj, fc1=block.mlp.fc1, fc2=block.mlp.fc2)
 
 
-def linear(module: nn.Linear, x: Tensor, delta: LowRankDelta | None) -> Tensor:
-    """``module(x)``, plus the layer's delta if it has one."""
-    return module(x) if delta is None else module(x) + delta(x)
+def linear(module: nn.Linear, x: Tensor, delta: LowRankDelta | FoldedDelta | None) -> Tensor:
+    """``module(x)``, plus the layer's delta if it has one; a folded delta replaces ``module``."""
+    if delta is None:
+        return module(x)
+    return delta(x) if isinstance(delta, FoldedDelta) else module(x) + delta(x)
 
 
 def mlp(module: nn.Module, x: Tensor, deltas: LayerDeltas | None) -> Tensor:
