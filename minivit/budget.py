@@ -118,10 +118,15 @@ def plan(teacher: nn.Module, budget: float, spec: MultiplexSpec | None = None, m
         raise ConfigError(f"budget must be a fraction in (0, 1], got {budget!r}", "e.g. --budget 0.25")
     from .measure import tensor_bytes
 
-    spec = spec or MultiplexSpec()
+    return _within(teacher, budget * tensor_bytes(teacher), spec or MultiplexSpec(), max_rank, inits,
+                   f"{budget:.3f} of the teacher's stored bytes")
+
+
+def _within(teacher: nn.Module, limit: float, spec: MultiplexSpec, max_rank: int, inits, what: str) -> Plan:
+    """:func:`plan` for a limit in bytes."""
+    from .measure import tensor_bytes
+
     stacks = _blocks(teacher)
-    teacher_bytes = tensor_bytes(teacher)
-    limit = budget * teacher_bytes
     depths = [len(s) for s in stacks]
     candidates = []
     for k in (k for k in range(1, max(depths) + 1) if all(d % min(k, d) == 0 for d in depths)):
@@ -134,10 +139,26 @@ def plan(teacher: nn.Module, budget: float, spec: MultiplexSpec | None = None, m
         size = base + _delta_numbers(stacks, k, rank) * _elem(teacher)
         candidates += [(start_error(teacher, k, rank, init), size, k, rank, init) for init in inits]
     if not candidates:
-        raise ConfigError(f"no student fits {budget:.3f} of the teacher's stored bytes",
+        raise ConfigError(f"no student fits {what}",
                           "a single shared block (--share all) is the smallest; raise the budget")
     _, size, k, rank, init = min(candidates)
-    return Plan(spec.replace(share=k, delta_rank=rank, init=init), size, teacher_bytes)
+    return Plan(spec.replace(share=k, delta_rank=rank, init=init), size, tensor_bytes(teacher))
 
 
-__all__ = ["RULE", "Plan", "estimate_bytes", "plan", "start_error"]
+RECIPE = {"transforms": False}
+"""The fields the ``compress`` recipe sets beyond the planner's share, rank and init (see :func:`recipe`)."""
+
+
+def recipe(teacher: nn.Module, share: int | str | tuple[int, ...] = 2, spec: MultiplexSpec | None = None,
+           max_rank: int = 256) -> Plan:
+    """What ``minivit compress --share K`` builds (the default recipe): the bytes of the plain share-``K``
+    student (``multiplex(teacher, spec with share=K)``), spent the way :func:`plan` spends a budget, with the
+    fields of :data:`RECIPE`. The frontier benchmark measures exactly these students
+    (``benchmarks/results/frontier.md``); ``compress --recipe exact`` builds ``spec`` as given instead."""
+    spec = (spec or MultiplexSpec()).replace(share=share)
+    limit = _base_bytes(teacher, spec.replace(delta_rank=0))
+    return _within(teacher, limit, spec.replace(**RECIPE), max_rank, ("first", "mean"),
+                   f"the bytes of share {share}")
+
+
+__all__ = ["RECIPE", "RULE", "Plan", "estimate_bytes", "plan", "recipe", "start_error"]

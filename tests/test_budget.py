@@ -89,3 +89,29 @@ def test_compress_budget_picks_and_records_the_plan(tmp_path, capsys):
               str(tmp_path / "x"), *fast])
     code = exc.value.code
     assert code == 2 and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("make, share", [(small_vit, 2), (small_vit, 3), (small_vit, "all"), (small_swin, 2)])
+def test_recipe_spends_the_bytes_of_the_share_on_relaxed_sharing(make, share):
+    from minivit.budget import RECIPE, recipe
+
+    teacher = make()
+    plain = tensor_bytes(minivit.multiplex(teacher, share=share))
+    picked = recipe(teacher, share)
+    student = minivit.multiplex(teacher, picked.spec)
+    assert tensor_bytes(student) == picked.bytes <= plain
+    assert all(getattr(picked.spec, k) == v for k, v in RECIPE.items())
+    assert picked.spec.init in ("first", "mean")
+    # the recipe starts at least as close to the teacher as the plain student of the same bytes
+    assert start_error(teacher, picked.spec.share, picked.spec.delta_rank, picked.spec.init) <= start_error(
+        teacher, minivit.multiplex(teacher, share=share).blocks[0].share if make is small_vit else 2, 0, "first")
+
+
+def test_recipe_keeps_the_other_fields_and_checks_the_share():
+    from minivit.budget import recipe
+
+    teacher = small_vit()
+    picked = recipe(teacher, 2, minivit.MultiplexSpec(separate_norms=False))
+    assert picked.spec.separate_norms is False
+    with pytest.raises(ConfigError, match="share=4 does not divide"):
+        recipe(teacher, 4)

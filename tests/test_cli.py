@@ -396,3 +396,50 @@ def test_python_keyword_forms_of_the_commands():
     assert options == {"share": 2}  # left for the configs
     with pytest.raises(TypeError, match="shares"):
         run_train("vit_small_patch16_224", "digits", "o", TrainConfig(), shares=2)
+
+
+def test_compress_recipe_flags(capsys, monkeypatch):
+    from minivit.cli import commands
+    from minivit.spec import MultiplexSpec
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(commands, "run_compress", fake)
+    assert cli(capsys, *COMPRESS, "--share", "4")[0] == 0
+    assert seen["recipe"] == "frontier" and seen["spec"] == MultiplexSpec(share=4)
+    assert cli(capsys, *COMPRESS, "--share", "4", "--delta-rank", "0")[0] == 0  # a layout flag: built as given
+    assert seen["recipe"] == "exact" and seen["spec"] == MultiplexSpec(share=4, delta_rank=0)
+    assert cli(capsys, *COMPRESS, "--init", "mean", "--recipe", "exact")[0] == 0
+    assert seen["recipe"] == "exact" and seen["spec"] == MultiplexSpec(init="mean")
+    assert cli(capsys, *COMPRESS, "--budget", "0.3", "--delta-rank", "2")[0] == 0  # the budget picks the rank, as documented
+    assert seen["recipe"] == "frontier" and seen["budget"] == 0.3
+    code, _, err = cli(capsys, *COMPRESS, "--recipe", "frontier", "--delta-rank", "2")
+    assert_one_line_error(code, err, "--delta-rank: the frontier recipe picks these itself")
+
+
+def test_compress_default_builds_the_frontier_recipe(capsys, teacher_dir, tmp_path):
+    import minivit
+    from minivit.budget import recipe
+    from minivit.measure import tensor_bytes
+
+    out, exact = tmp_path / "recipe", tmp_path / "exact"
+    code, stdout, err = cli(capsys, "compress", "--teacher", teacher_dir, "--share", "2", "--data", "digits",
+                            "--epochs", "1", "--output", out, *FAST)  # fmt: skip
+    assert code == 0, err
+    assert "recipe frontier, the bytes of share 2: share" in stdout
+    teacher = minivit.from_pretrained(teacher_dir)
+    planned = recipe(teacher, 2).spec
+    config = json.loads((out / "report.json").read_text())["config"]
+    assert {k: config[k] for k in ("share", "delta_rank", "init", "transforms")} == {
+        "share": planned.share, "delta_rank": planned.delta_rank, "init": planned.init, "transforms": False}
+    code, _, err = cli(capsys, "compress", "--teacher", teacher_dir, "--share", "2", "--recipe", "exact", "--data",
+                       "digits", "--epochs", "1", "--output", exact, *FAST)  # fmt: skip
+    assert code == 0, err
+    config = json.loads((exact / "report.json").read_text())["config"]
+    assert (config["share"], config["delta_rank"], config["transforms"]) == (2, 0, True)
+    student, plain = minivit.from_pretrained(out), minivit.from_pretrained(exact)
+    assert tensor_bytes(student) <= tensor_bytes(plain)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.delta import fold_deltas
 from ..data import AugmentConfig, DataConfig, apply_data_config, resolve_data_config
 from ..distill.config import DistillConfig, as_distill_config
 from ..errors import CheckpointError, ConfigError, MinivitError
@@ -436,13 +437,18 @@ def run_compress(
     run: RunOptions | None = None,
     teacher_checkpoint=None,
     budget: float | None = None,
+    recipe: str = "frontier",
     **options,
 ) -> dict:
-    """Multiplex ``teacher`` as ``spec`` says (``share="all"``: one shared block), distil it as ``distill``
-    says, train as ``config`` says; returns the report. ``teacher_checkpoint``: the weights of a teacher given
-    by name (else timm's pretrained ones). ``options`` override fields of ``run``, ``spec`` and ``distill``
-    (``resume=True``, ``share=4``, ``beta=0``; see :func:`compress_configs`). ``budget`` (a fraction of the
-    teacher's stored bytes) lets :func:`minivit.budget.plan` pick the share number, delta rank and init.
+    """Multiplex ``teacher``, distil it as ``distill`` says, train as ``config`` says; returns the report.
+
+    What is built: with ``recipe="frontier"`` (the default) the bytes of ``spec.share`` (``"all"``: one shared
+    block) spent as the accuracy-per-byte benchmark's winner (:func:`minivit.budget.recipe`: share number,
+    delta rank, init and the fields of :data:`minivit.budget.RECIPE`); with ``recipe="exact"``, ``spec`` as
+    given. ``budget`` (a fraction of the teacher's stored bytes) replaces the share's bytes as the size
+    (:func:`minivit.budget.plan`). ``teacher_checkpoint``: the weights of a teacher given by name (else timm's
+    pretrained ones). ``options`` override fields of ``run``, ``spec`` and ``distill`` (``resume=True``,
+    ``share=4``, ``beta=0``; see :func:`compress_configs`).
 
     The teacher is evaluated on the validation split first (``teacher_top1`` in the report), with the
     preprocessing the student inherits from it."""
@@ -455,8 +461,7 @@ def run_compress(
     spec, distill = compress_configs(spec, distill, **options)
     check_cacheable(distill, augmented=bool(run.augment or config.mixup or config.cutmix))
     net, data_config, train, val = _teacher_and_data(teacher, teacher_args, teacher_checkpoint, data, run)
-    if budget is not None:
-        spec = _planned(net, budget, spec, run.log)
+    spec = _planned(net, spec, budget, recipe, run.log)
     torch.manual_seed(config.seed)
     student = apply_data_config(multiplex(net, spec), data_config)
     objective = DistillationObjective(student, net, distill, label_smoothing=_label_smoothing(config))
@@ -497,13 +502,27 @@ def run_compress(
     return report
 
 
-def _planned(net: nn.Module, budget: float, spec: MultiplexSpec, log) -> MultiplexSpec:
-    """The spec :func:`minivit.budget.plan` picks for ``budget``; says what it picked."""
-    from ..budget import plan
+RECIPES = ("frontier", "exact")
 
-    picked = plan(net, budget, spec)
+
+def _planned(net: nn.Module, spec: MultiplexSpec, budget: float | None, recipe: str, log) -> MultiplexSpec:
+    """The spec ``compress`` builds (see :func:`run_compress`); says what it picked and why."""
+    from ..budget import RECIPE, plan
+    from ..budget import recipe as frontier_recipe
+
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}", f"use one of {', '.join(RECIPES)}")
+    if recipe == "exact" and budget is None:
+        return spec
+    if budget is not None:
+        picked = plan(net, budget, spec.replace(**RECIPE) if recipe == "frontier" else spec)
+        said = f"budget {budget:g} of the teacher's bytes: {picked.describe()}"
+    else:
+        picked = frontier_recipe(net, spec.share, spec)
+        said = (f"recipe frontier, the bytes of share {spec.share}: {picked.describe()} "
+                "(--recipe exact builds the share you give as it is)")
     if log is not None and processes().is_main_process:
-        log(f"budget {budget:g} of the teacher's bytes: {picked.describe()}")
+        log(said)
     return picked.spec
 
 
@@ -582,7 +601,8 @@ def run_eval(
     Images are preprocessed as the model's data config says. ``predictions``: also write a CSV with one
     row per validation image (``path,label,pred,pred_name,prob``). ``compile``: run the model compiled by
     ``torch.compile`` (inductor fuses a student's head-mixed attention into few kernels; compiling takes
-    about a minute first), for the predictions and the latency alike."""
+    about a minute first), for the predictions and the latency alike. Relaxed-sharing deltas are folded into
+    per-layer weights for both (:func:`minivit.fold_deltas`); sizes are the saved model's."""
     from ..data import build_dataset, prediction_rows, write_predictions
 
     net = check_finite(load_model(model, pretrained=True), str(model)).eval()
@@ -591,7 +611,8 @@ def run_eval(
     if len(val) == 0:
         raise ConfigError(f"dataset {data!r} has an empty val split")
     check_classes(net, val)
-    runner = compiled(net, val[0][0][None]) if compile else net
+    runner = fold_deltas(net)  # relaxed sharing: one product per map (the saved model keeps its factors)
+    runner = compiled(runner, val[0][0][None]) if compile else runner
     logits, targets = predict(runner, val, batch_size, num_workers)
     if predictions is not None:
         write_predictions(predictions, prediction_rows(val, logits))

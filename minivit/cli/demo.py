@@ -2,8 +2,9 @@
 
 1. ``teacher/``: a 4-block ViT trained from scratch on Fashion-MNIST (found locally, or downloaded once,
    checksummed, into the cache) or, offline, scikit-learn's digits;
-2. ``share2/``: the teacher multiplexed at share 2 (half the block weights), distilled from it;
-3. ``single/``: one shared block for all layers, distilled from it;
+2. ``share2/``: the teacher compressed to the bytes of share 2 (about half the block weights) by the ``compress``
+   default recipe (relaxed sharing, :func:`minivit.budget.recipe`), distilled from it;
+3. ``single/``: the bytes of one shared block for all layers, the same way;
 4. ``demo.md`` / ``demo.json``: parameters, MB, top-1 and single-image latency of the three.
 
 Each stage is an ordinary ``minivit train`` / ``minivit compress`` run folder.
@@ -97,7 +98,7 @@ def run_demo(output="runs/demo", data: str | None = None, resume: bool = False, 
     )  # fmt: skip
     depth = s["model_args"]["depth"]
     for name, share in (("share2", 2), ("single", "all")):
-        log(f"== {2 if name == 'share2' else 3}/3 {name}: multiplexed at share {depth if share == 'all' else share}, "
+        log(f"== {2 if name == 'share2' else 3}/3 {name}: the bytes of share {depth if share == 'all' else share}, "
             "distilled from the teacher")  # fmt: skip
         spec = MultiplexSpec(share=share)
         run_compress(str(out / "teacher"), data, out / name, config(s["student"]), spec=spec, resume=resume, log=log,

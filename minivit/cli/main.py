@@ -19,7 +19,7 @@ import os
 import sys
 import traceback
 
-from ..errors import MinivitError
+from ..errors import ConfigError, MinivitError
 from .options import add_options, from_args, int_at_least, positive_int
 
 EXAMPLES = {
@@ -169,7 +169,28 @@ def _compress_arguments(p) -> None:
         help="keep this fraction of the teacher's stored bytes (e.g. 0.25): picks the share number, delta rank "
         "and init (minivit.budget.plan) and says what it picked; overrides --share, --delta-rank and --init",
     )  # fmt: skip
+    p.add_argument(
+        "--recipe", choices=("frontier", "exact"), default=None,
+        help="frontier (default): the bytes of --share K spent as the accuracy-per-byte benchmark's winner "
+        "(relaxed sharing: share number, delta rank and init picked by minivit.budget.recipe, no head mixing; "
+        "it says what it built); exact: build --share, --delta-rank, --init, ... as given (the default "
+        "when --delta-rank or --init is given)",
+    )  # fmt: skip
+    p.set_defaults(**dict.fromkeys(LAYOUT_FLAGS))  # None: not given (see _compress_recipe)
     add_options(p, DistillConfig, "distillation")
+
+
+LAYOUT_FLAGS = ("delta_rank", "init")
+"""Spec fields the frontier recipe picks itself: giving one builds the spec as given (``--recipe exact``)."""
+
+
+def _compress_recipe(a) -> tuple[str, dict]:
+    """The recipe of a ``compress`` command line and the layout fields given on it."""
+    given = {k: getattr(a, k) for k in LAYOUT_FLAGS if getattr(a, k) is not None}
+    if a.recipe == "frontier" and given and a.budget is None:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"{flags}: the frontier recipe picks these itself", "drop them, or pass --recipe exact")
+    return a.recipe or ("exact" if given and a.budget is None else "frontier"), given
 
 
 def _fraction(text: str) -> float:
@@ -285,7 +306,6 @@ def _print_main(report: dict) -> None:
 def _augmentation(a):
     """The augmentation options; tuning them without ``--augment`` is a mistake."""
     from ..data import AugmentConfig
-    from ..errors import ConfigError
 
     aug = from_args(AugmentConfig, a)
     changed = [f"--{k.replace('_', '-')}" for k, v in aug.to_dict().items() if v != AugmentConfig().to_dict()[k]]
@@ -327,17 +347,19 @@ def _compress(a) -> None:
     from ..train.engine import TrainConfig
     from . import commands
 
+    recipe, given = _compress_recipe(a)
     report = commands.run_compress(
         a.teacher,
         a.data,
         a.output,
         from_args(TrainConfig, a),
-        spec=from_args(MultiplexSpec, a),
+        spec=from_args(MultiplexSpec, a, **{k: getattr(MultiplexSpec(), k) for k in LAYOUT_FLAGS} | given),
         distill=from_args(DistillConfig, a),
         teacher_args=commands.parse_model_args(a.teacher_args, "--teacher-args"),
         run=_run_options(a),
         teacher_checkpoint=a.teacher_checkpoint,
         budget=a.budget,
+        recipe=recipe,
     )
     _print_main(report)
 
