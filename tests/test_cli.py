@@ -415,7 +415,8 @@ def test_compress_recipe_flags(capsys, monkeypatch):
     assert seen["recipe"] == "exact" and seen["spec"] == MultiplexSpec(share=4, delta_rank=0)
     assert cli(capsys, *COMPRESS, "--init", "mean", "--recipe", "exact")[0] == 0
     assert seen["recipe"] == "exact" and seen["spec"] == MultiplexSpec(init="mean")
-    assert cli(capsys, *COMPRESS, "--budget", "0.3", "--delta-rank", "2")[0] == 0  # the budget picks the rank, as documented
+    # the budget picks the rank, as documented
+    assert cli(capsys, *COMPRESS, "--budget", "0.3", "--delta-rank", "2")[0] == 0
     assert seen["recipe"] == "frontier" and seen["budget"] == 0.3
     code, _, err = cli(capsys, *COMPRESS, "--recipe", "frontier", "--delta-rank", "2")
     assert_one_line_error(code, err, "--delta-rank: the frontier recipe picks these itself")
