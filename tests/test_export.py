@@ -310,3 +310,33 @@ def test_nothing_half_written_on_failure(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken.onnx"]
     assert list((tmp_path / "taken.onnx").iterdir()) == []
     assert model.training  # the caller's mode is restored
+
+
+def test_fold_deltas_export_runs_full_weights_and_is_checked(tmp_path):
+    """``--fold-deltas``: the ONNX graph of a relaxed-sharing student with one product per map (its teacher's
+    operations), verified against PyTorch; the default export keeps the deltas factorised (fewer bytes)."""
+    teacher = tiny_vit(depth=4)
+    student = perturbed(minivit.multiplex(teacher, share=4, delta_rank=2, transforms=False))
+    d = tmp_path / "relaxed"
+    minivit.save_pretrained(student, d)
+    plain = run_export(d, "onnx", tmp_path / "plain.onnx", exporter="torchscript")
+    folded = run_export(d, "onnx", tmp_path / "folded.onnx", exporter="torchscript", fold_deltas=True)
+    assert folded["max_abs_diff"] < 1e-4 and plain["max_abs_diff"] < 1e-4
+    matmuls = [sum(n.op_type in ("MatMul", "Gemm") for n in onnx.load(str(p)).graph.node)
+               for p in (tmp_path / "plain.onnx", tmp_path / "folded.onnx")]
+    assert matmuls[1] < matmuls[0]  # 4 maps x 4 layers x 2 delta products fewer
+    assert folded["bytes"] > 2 * plain["bytes"]  # each layer stores its maps in full
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(ort_run(tmp_path / "folded.onnx", x), student(x).numpy(), atol=1e-4)
+    with pytest.raises(ConfigError, match="no relaxed-sharing deltas"):
+        run_export(_saved_plain(tmp_path, teacher), "onnx", fold_deltas=True)
+    with pytest.raises(ConfigError, match="not safetensors"):
+        run_export(d, "safetensors", tmp_path / "st", fold_deltas=True)
+    assert not (tmp_path / "st").exists()
+
+
+def _saved_plain(tmp_path, teacher):
+    d = tmp_path / "plain_model"
+    minivit.save_pretrained(minivit.multiplex(teacher, share=2), d)
+    return d

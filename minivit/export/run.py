@@ -63,6 +63,7 @@ def run_export(
     verify: bool = True,
     exporter: str = "auto",
     per_channel: bool = False,
+    fold_deltas: bool = False,
 ) -> dict[str, Any]:
     """Export the model saved in ``model_dir`` as ``fmt`` (``onnx``, ``torchscript`` or ``safetensors``).
 
@@ -77,6 +78,10 @@ def run_export(
         opset, dynamic_batch, exporter: ONNX options (see :func:`~minivit.export.export_onnx`).
         verify: compare the written file with the PyTorch model (onnxruntime / reloaded TorchScript).
         per_channel: per-output-channel int8 scales.
+        fold_deltas: ONNX and fp32 TorchScript: export the inference copy whose relaxed-sharing deltas are
+            folded into full per-layer weights (:func:`minivit.fold_deltas`): the teacher's speed, but each
+            layer's corrected maps are stored in full (about the teacher's bytes for those maps). Default: the
+            deltas stay factorised (the small file).
 
     Returns ``format``, ``int8``, ``model_dir``, ``path``, ``files``, ``bytes``, ``mb``,
     ``source_bytes`` / ``source_mb`` (the fp32 ``model.safetensors``), ``size_ratio`` (source / output),
@@ -91,6 +96,8 @@ def run_export(
         raise ConfigError(f"unknown ONNX exporter {exporter!r}", f"use one of {', '.join(EXPORTERS)}")
     model_dir = Path(model_dir)
     model = from_pretrained(model_dir)
+    if fold_deltas:
+        model = _folded(model, fmt, int8)
     out = Path(output) if output is not None else default_output(model_dir, fmt, int8)
     if fmt != "safetensors" and out.is_dir():
         out = out / DEFAULT_NAMES[(fmt, int8)]
@@ -116,6 +123,18 @@ def run_export(
     summary.setdefault("max_abs_diff", None)
     summary.setdefault("files", [summary["path"]])
     return summary
+
+
+def _folded(model, fmt: str, int8: bool):
+    from ..core.delta import fold_deltas
+
+    if fmt == "safetensors" or (fmt == "torchscript" and int8):
+        raise ConfigError(f"--fold-deltas applies to onnx and fp32 torchscript, not {fmt}{' --int8' if int8 else ''}",
+                          "drop --fold-deltas (safetensors keeps the factors) or use --format onnx")
+    folded = fold_deltas(model)
+    if folded is model:
+        raise ConfigError("--fold-deltas: this model has no relaxed-sharing deltas to fold", "drop --fold-deltas")
+    return folded
 
 
 def _export_onnx(model, out: Path, size, int8: bool, per_channel: bool, kw: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +173,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
     ``--model DIR`` (required), ``--format {onnx,torchscript,safetensors}`` (default onnx), ``--int8``,
     ``--output PATH``, ``--input-size [B C] H W``, ``--opset N``, ``--static-batch``, ``--no-verify``,
-    ``--exporter {auto,dynamo,torchscript}``, ``--per-channel``.
+    ``--exporter {auto,dynamo,torchscript}``, ``--per-channel``, ``--fold-deltas``.
     """
     parser.add_argument("--model", required=True, metavar="DIR", help="model folder written by save_pretrained")
     parser.add_argument("--format", default="onnx", choices=FORMATS, help="output format (default: onnx)")
@@ -172,6 +191,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime / reload comparison")
     parser.add_argument("--exporter", default="auto", choices=EXPORTERS, help="ONNX exporter (default: auto)")
     parser.add_argument("--per-channel", action="store_true", help="int8: one scale per output channel")
+    parser.add_argument(
+        "--fold-deltas", action="store_true",
+        help="onnx / torchscript: fold relaxed-sharing deltas into full per-layer weights (the teacher's speed, "
+        "a larger file); default: keep them factorised",
+    )  # fmt: skip
     return parser
 
 
@@ -188,6 +212,7 @@ def export_from_args(args: argparse.Namespace) -> dict[str, Any]:
         verify=not args.no_verify,
         exporter=args.exporter,
         per_channel=args.per_channel,
+        fold_deltas=args.fold_deltas,
     )
 
 
