@@ -3,7 +3,8 @@
 One teacher (a 12-block ViT, trained on all 60k images with augmentation until it stops improving) is
 compressed to about 1/2, 1/4 and 1/12 of its block bytes by
 
-* ``minivit``  the ``compress`` defaults at that budget (``minivit.budget.plan``: share number and delta rank),
+* ``minivit``  the ``compress`` defaults at share k (``minivit.budget.recipe``: the bytes of share k spent on
+  relaxed sharing, share number, delta rank and init picked from the teacher's weights, no head mixing),
 * ``naive``    plain sharing (no transforms, shared norms) at the same share number,
 * ``drop``     keeping every k-th block of the teacher,
 
@@ -22,6 +23,8 @@ its Pareto front marked.
     python benchmarks/frontier.py                      # the committed run (reuses --teacher when present)
     python benchmarks/frontier.py --quick              # a smoke run on a small subset, minutes
     python benchmarks/frontier.py --rows minivit:4 naive:4 drop:4 --student-epochs 2   # some rows only
+    python benchmarks/frontier.py --rows minivit:2 minivit:4 minivit:12 --reuse benchmarks/results/frontier.json
+                                                       # rerun these rows, keep the others of that run
 
 PyTorch's CPU threads slow down many times when another busy process shares the cores: run it alone.
 """
@@ -43,7 +46,7 @@ from torch import nn
 
 import minivit
 from minivit.analysis import markdown_table, plot_scatter_labelled
-from minivit.budget import plan
+from minivit.budget import plan, recipe
 from minivit.data import build_dataset
 from minivit.distill import DistillationObjective, DistillConfig
 from minivit.distill.cache import cache_teacher_logits
@@ -54,7 +57,8 @@ from minivit.train import TrainConfig, evaluate, fit
 from minivit.train.data import WithTeacherLogits
 
 KINDS = ("minivit", "naive", "drop")
-BUDGETS = (2, 4, 12)  # fraction 1/k of the teacher's block bytes
+EXTRA_KINDS = ("headmix",)  # on request (--rows headmix:4): minivit.budget.plan at the row's budget, head mixing on
+BUDGETS = (2, 4, 12)  # fraction 1/k of the teacher's block bytes (the default rows; --rows may add others)
 
 
 def teacher_args(a) -> dict:
@@ -109,7 +113,10 @@ def budget_fraction(teacher: nn.Module, k: int) -> float:
 
 def make_student(kind: str, k: int, teacher: nn.Module) -> tuple[nn.Module, dict]:
     if kind == "minivit":
-        spec = plan(teacher, budget_fraction(teacher, k)).spec  # what `compress --budget F` builds
+        spec = recipe(teacher, k).spec  # what `compress --share k` builds
+        return minivit.multiplex(teacher, spec), spec.to_dict()
+    if kind == "headmix":
+        spec = plan(teacher, budget_fraction(teacher, k)).spec  # with MiniViT's head mixing (the earlier default)
         return minivit.multiplex(teacher, spec), spec.to_dict()
     if kind == "naive":
         spec = minivit.MultiplexSpec(share=k, transforms=False, separate_norms=False)
@@ -140,7 +147,7 @@ def measure(model: nn.Module, val, a) -> dict:
     return {
         "top1": evaluate(model, val, batch_size=512)["top1"],
         "bytes": int8_bytes(model) if is_quantized(model) else safetensors_bytes(model),
-        "latency_ms": latency_ms(model, (1, 1, 28, 28), runs=a.latency_runs),
+        "latency_ms": latency_ms(minivit.fold_deltas(model), (1, 1, 28, 28), runs=a.latency_runs),
     }
 
 
@@ -203,7 +210,7 @@ def parse_rows(items: list[str]) -> list[tuple[str, int]]:
     rows = []
     for item in items:
         kind, _, k = item.partition(":")
-        if kind not in KINDS or not k.isdigit():
+        if kind not in KINDS + EXTRA_KINDS or not k.isdigit():
             raise SystemExit(f"bad row {item!r}: use KIND:K with KIND in {KINDS}, e.g. minivit:4")
         rows.append((kind, int(k)))
     return rows
@@ -231,6 +238,8 @@ def arguments(argv):
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--latency-runs", type=int, default=50)
     p.add_argument("--rows", nargs="+", default=[f"{kind}:{k}" for k in BUDGETS for kind in KINDS])
+    p.add_argument("--reuse", metavar="FRONTIER.json",
+                   help="keep the rows of the kinds not in --rows from this earlier run (same teacher and schedule)")
     a = p.parse_args(argv)
     if a.quick:
         a.train_limit, a.student_epochs, a.seeds, a.latency_runs = 3000, 1, a.seeds[:1], 5
@@ -273,6 +282,9 @@ def main(argv=None) -> None:
     results["teacher_int8"] = row_record("teacher_int8", "teacher", None, True, [measure(q, val, a)], {})
     log(f"[{time.perf_counter() - t0:6.0f}s] teacher {teacher_m['top1']:.2f} ({teacher_m['bytes']:,} B)")
 
+    if a.reuse:
+        results.update(reused_rows(a, {f"{kind}_1/{k}" for kind, k in rows_wanted}))
+        log(f"reused from {a.reuse}: {', '.join(n for n in results if not n.startswith('teacher'))}")
     runs: dict[str, list] = {}
     for kind, k in rows_wanted:
         name = f"{kind}_1/{k}"
@@ -285,12 +297,14 @@ def main(argv=None) -> None:
     # second seeds where two rows of one budget are within 0.5 points
     for s in a.seeds[1:]:
         close = set()
-        for k in BUDGETS:
-            names = [n for n in runs if n.endswith(f"_1/{k}")]
+        top1 = {n: r["top1"] for n, r in results.items() if not r["int8"]}
+        top1.update({n: rs[0][0]["top1"] for n, rs in runs.items()})
+        for k in sorted({k for _, k in rows_wanted} | set(BUDGETS)):
+            names = [n for n in top1 if n.endswith(f"_1/{k}")]
             for x in names:
                 for y in names:
-                    if x < y and abs(runs[x][0][0]["top1"] - runs[y][0][0]["top1"]) < 0.5:
-                        close |= {x, y}
+                    if x < y and abs(top1[x] - top1[y]) < 0.5:
+                        close |= {x, y} & set(runs)  # (reused rows keep the seeds they had)
         for name in sorted(close):
             kind, k = name.split("_1/")[0], int(name.split("_1/")[1])
             student, info = train_student(kind, k, s, teacher, train, val, logits, a, work, log)
@@ -305,6 +319,24 @@ def main(argv=None) -> None:
         results[name + "_int8"] = row_record(name + "_int8", kind, k, True, [r[1] for r in rs], extra)
     name = write_results(results, checks(results, results["teacher"]["top1"]), crit, a, out, t0, argv)
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; wrote {out / name}.json")
+
+
+SAME_SCHEDULE = ("teacher", "data", "depth", "width", "heads", "mlp_ratio", "patch", "student_epochs", "lr", "warmup",
+                 "distill", "seeds", "train_limit")
+
+
+def reused_rows(a, rerun: set[str]) -> dict[str, dict]:
+    """The student rows of ``a.reuse`` not being run again (``rerun``: names such as ``minivit_1/4``), each marked
+    ``reused_from``; the earlier run must have had the same teacher, data and student schedule."""
+    try:
+        old = json.loads(Path(a.reuse).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--reuse {a.reuse}: cannot read it ({e})") from None
+    differ = [k for k in SAME_SCHEDULE if old.get("config", {}).get(k) != getattr(a, k)]
+    if differ:
+        raise SystemExit(f"--reuse {a.reuse}: that run differs in {', '.join(differ)}; rerun those rows instead")
+    return {r["name"]: {**r, "reused_from": r.get("reused_from", str(a.reuse))} for r in old["rows"]
+            if r["name"].removesuffix("_int8") not in rerun and r["kind"] != "teacher"}
 
 
 def _keep(work: Path, name: str, run: tuple) -> None:
@@ -333,11 +365,20 @@ def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0:
     cols = ["name", "budget", "int8", "top1", "top1_std", "mb", "latency_ms"]
     md = [f"# Accuracy per byte on Fashion-MNIST ({'quick' if a.quick else 'full'} run)", "",
           f"Command: `{command}`  ", f"Total time: {total / 60:.1f} min on {torch.get_num_threads()} threads  ",
-          f"Teacher convergence (best of last 2 epochs vs before, < 0.1 point): {crit}", "",
+          f"Teacher convergence (best of last 2 epochs vs before, < 0.1 point): {crit}", *_reused_note(rows), "",
           markdown_table(sorted(rows, key=lambda r: -r["bytes"]), cols), "", "## Targets", "",
-          markdown_table(held), ""] + [f"![{p}]({p})" for p in plots]
+          markdown_table(held) if held else "(no minivit rows to check)", ""] + [f"![{p}]({p})" for p in plots]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     return name
+
+
+def _reused_note(rows: list[dict]) -> list[str]:
+    reused = sorted({r["reused_from"] for r in rows if r.get("reused_from")})
+    names = [r["name"] for r in rows if r.get("reused_from") and not r["int8"]]
+    if not reused:
+        return []
+    return ["", f"Rows {', '.join(names)} (and their int8 rows) are reused from {', '.join(reused)}: same teacher, "
+            "data and student schedule; latencies of reused rows were measured in that run."]
 
 
 if __name__ == "__main__":

@@ -3,8 +3,13 @@
 Pairs (random weights; latency does not depend on their values):
 
 * ``deit_s/2``: ``minivit.multiplex(deit_small_patch16_224, share=2)`` vs timm's DeiT-S (224 px);
-* ``small/2``, ``small/4``: a frontier-size student (12 blocks, width 96, 3 heads, patch 7 on 28 x 28 grey
-  images: 16 tokens + class token), share 2 and 4, vs its teacher;
+* ``small/2``, ``small/4``: the ``compress`` defaults at share 2 and 4 for the frontier benchmark's teacher
+  (12 blocks, width 64, 4 heads, MLP ratio 2, patch 7 on 28 x 28 grey images: 16 tokens + class token):
+  relaxed sharing as the recipe picked it there (one shared block, delta rank 17 / 6, no head mixing), run as
+  ``minivit eval`` runs it (deltas folded, :func:`minivit.fold_deltas`; the ONNX rows keep them factorised,
+  as ``minivit export`` writes them), vs its teacher;
+* ``small/2-paper``, ``small/4-paper``: the paper's MiniViT at share 2 and 4 on that teacher (head mixing, no
+  deltas; not in the default set);
 * ``mini_swin_t``: ``mini_swin_tiny_patch4_window7_224`` vs timm's Swin-T (224 px);
 * ``mini_deit_s``: ``mini_deit_small_patch16_224`` (iRPE, no class token) vs DeiT-S (not in the default set).
 
@@ -35,14 +40,22 @@ import timm
 import torch
 
 import minivit
+from minivit.budget import RECIPE
 
 TARGET = 1.10
-SMALL = dict(img_size=28, patch_size=7, in_chans=1, depth=12, embed_dim=96, num_heads=3, num_classes=10)
+SMALL = dict(img_size=28, patch_size=7, in_chans=1, depth=12, embed_dim=64, num_heads=4, mlp_ratio=2.0,
+             num_classes=10)
+RECIPE_PICKS = {2: 17, 4: 6}
+"""The delta rank ``compress --share K`` picked for the trained frontier teacher (one shared block, init mean;
+``benchmarks/results/frontier.json``). Planning on random weights could pick another layout."""
 
 
-def _small(share: int):
+def _small(share: int, paper: bool = False):
     teacher = minivit.create_model("vit_small_patch16_224", **SMALL)
-    return teacher, minivit.multiplex(teacher, share=share), (1, 28, 28)
+    if paper:
+        return teacher, minivit.multiplex(teacher, share=share), (1, 28, 28)
+    spec = minivit.MultiplexSpec(share=12, delta_rank=RECIPE_PICKS[share], init="mean", **RECIPE)
+    return teacher, minivit.multiplex(teacher, spec), (1, 28, 28)
 
 
 def _deit_s():
@@ -54,6 +67,8 @@ CASES = {
     "deit_s/2": _deit_s,
     "small/2": lambda: _small(2),
     "small/4": lambda: _small(4),
+    "small/2-paper": lambda: _small(2, paper=True),
+    "small/4-paper": lambda: _small(4, paper=True),
     "mini_swin_t": lambda: (
         timm.create_model("swin_tiny_patch4_window7_224"),
         timm.create_model("mini_swin_tiny_patch4_window7_224"),
@@ -93,7 +108,7 @@ def _reps(reps: int, batch: int) -> int:
 
 def torch_rows(teacher, student, shape, batches, threads, reps, engine="eager"):
     rows = []
-    teacher, student = teacher.eval(), student.eval()
+    teacher, student = teacher.eval(), minivit.fold_deltas(student.eval())  # as `minivit eval` runs it
     if engine == "compiled":
         torch._dynamo.reset()  # fresh caches: compiled code of earlier cases must not count toward the recompile limit
         teacher, student = (torch.compile(m, dynamic=False) for m in (teacher, student))
