@@ -6,8 +6,8 @@ Pairs (random weights; latency does not depend on their values):
 * ``small/2``, ``small/4``: the ``compress`` defaults at share 2 and 4 for the frontier benchmark's teacher
   (12 blocks, width 64, 4 heads, MLP ratio 2, patch 7 on 28 x 28 grey images: 16 tokens + class token):
   relaxed sharing as the recipe picked it there (one shared block, delta rank 17 / 6, no head mixing), run as
-  ``minivit eval`` runs it (deltas folded, :func:`minivit.fold_deltas`; the ONNX rows keep them factorised,
-  as ``minivit export`` writes them), vs its teacher;
+  ``minivit eval`` runs it (deltas folded, :func:`minivit.fold_deltas`; in ONNX both ways, see below), vs its
+  teacher;
 * ``small/2-paper``, ``small/4-paper``: the paper's MiniViT at share 2 and 4 on that teacher (head mixing, no
   deltas; not in the default set);
 * ``mini_swin_t``: ``mini_swin_tiny_patch4_window7_224`` vs timm's Swin-T (224 px);
@@ -16,7 +16,9 @@ Pairs (random weights; latency does not depend on their values):
 Both models of a pair run in alternation, in eval mode under ``torch.inference_mode`` (so machine noise hits
 both alike); the reported ratio is the median over rounds of student time / teacher time, with each model's
 median time. Batches 1 and 32, 1 and 2 threads by default. With ``--onnx`` both models are exported once
-(``minivit.export.export_onnx``, dynamic batch) and timed the same way in onnxruntime; with ``--compile`` both
+(``minivit.export.export_onnx``, dynamic batch) and timed the same way in onnxruntime (a student with deltas
+twice: factorised as ``minivit export`` writes it, and ``ort-folded`` as ``export --fold-deltas`` writes it);
+with ``--compile`` both
 are compiled by ``torch.compile`` (inductor, one graph per batch size; what ``minivit eval --compile`` runs) and
 timed the same way. Target: ratio <= 1.10.
 On a machine shared with other work, trust the ratios (paired), not the absolute times, and prefer
@@ -128,22 +130,27 @@ def onnx_rows(teacher, student, shape, batches, threads, reps):
     from minivit.export import export_onnx
 
     rows = []
+    folded = minivit.fold_deltas(student)
+    students = {"onnxruntime": student} | ({"ort-folded": folded} if folded is not student else {})
     with tempfile.TemporaryDirectory() as tmp:
-        files = []
-        for name, model in (("teacher", teacher), ("student", student)):
+        files = {}
+        for name, model in (("teacher", teacher), *students.items()):
             path = Path(tmp) / f"{name}.onnx"
             export_onnx(model, path, input_size=(1, *shape), dynamic_batch=True, verify=False)
-            files.append(str(path))
+            files[name] = str(path)
         for n in threads:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads = n, 1
-            sa, sb = (ort.InferenceSession(f, opts, providers=["CPUExecutionProvider"]) for f in files)
-            name_a, name_b = sa.get_inputs()[0].name, sb.get_inputs()[0].name
-            for bs in batches:
-                x = torch.randn(bs, *shape).numpy()
-                run_a, run_b = partial(sa.run, None, {name_a: x}), partial(sb.run, None, {name_b: x})
-                ta, tb, ratio = paired(run_a, run_b, _reps(reps, bs))
-                rows.append(("onnxruntime", n, bs, ta, tb, ratio))
+            sessions = {k: ort.InferenceSession(f, opts, providers=["CPUExecutionProvider"]) for k, f in files.items()}
+            sa = sessions["teacher"]
+            for engine in students:
+                sb = sessions[engine]
+                for bs in batches:
+                    x = torch.randn(bs, *shape).numpy()
+                    run_a = partial(sa.run, None, {sa.get_inputs()[0].name: x})
+                    run_b = partial(sb.run, None, {sb.get_inputs()[0].name: x})
+                    ta, tb, ratio = paired(run_a, run_b, _reps(reps, bs))
+                    rows.append((engine, n, bs, ta, tb, ratio))
     return rows
 
 
