@@ -1,8 +1,9 @@
 """Training throughput of `compress` vs plain training of the same student (CPU, same batch).
 
-    python benchmarks/compress_throughput.py [--steps 30] [--batch-size 128] [--threads 2]
+    python benchmarks/compress_throughput.py [--steps 30] [--batch-size 128] [--threads 2] [--student paper]
 
-One optimizer step (forward, backward, AdamW) of a share-2 student, timed for:
+One optimizer step (forward, backward, AdamW) of a share-2 student (``compress --share 2``'s default recipe,
+``minivit.budget.recipe``; ``--student paper``: the paper's MiniViT at share 2), timed for:
 
 * plain: cross-entropy on labels (what `minivit train` does for the student architecture);
 * compress: teacher forward + student + soft CE + attention relation + hidden relation (the default);
@@ -26,6 +27,7 @@ import time
 import torch
 
 import minivit
+from minivit.budget import recipe
 from minivit.distill.objective import DistillationObjective, SupervisedObjective
 from minivit.measure import count_parameters
 
@@ -42,6 +44,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    p.add_argument("--student", choices=("recipe", "paper"), default="recipe")
     a = p.parse_args()
     clock = time.perf_counter if a.clock == "wall" else time.process_time
     if a.threads:
@@ -49,7 +52,8 @@ def main() -> None:
     args = PRESETS[a.preset]
     torch.manual_seed(0)
     teacher = minivit.create_model("vit_small_patch16_224", num_classes=10, **args).eval()
-    student = minivit.multiplex(teacher, share=2)
+    spec = recipe(teacher, 2).spec if a.student == "recipe" else minivit.MultiplexSpec(share=2)
+    student = minivit.multiplex(teacher, spec)
     x = torch.randn(a.batch_size, args["in_chans"], args["img_size"], args["img_size"])
     y = torch.randint(0, 10, (a.batch_size,))
     with torch.no_grad():
@@ -100,7 +104,7 @@ def main() -> None:
 
     print(f"preset {a.preset} {args}, batch {a.batch_size}, {torch.get_num_threads()} threads, {a.steps} steps, "
           f"{a.clock} clock")
-    print(f"student {count_parameters(student):,} params (share 2), layer pairs {pairs}")
+    print(f"student {count_parameters(student):,} params ({a.student} at share 2: {spec}), layer pairs {pairs}")
     base = statistics.median(times["plain"])
     targets = {"compress": 1.6, "cached logits": 1.15}
     for name, ts in times.items():
