@@ -1,7 +1,7 @@
 """Accuracy per byte: minivit against what a user would do instead, at the same budget (Fashion-MNIST, CPU).
 
 One teacher (a 12-block ViT, trained on all 60k images with augmentation until it stops improving) is
-compressed to about 1/2, 1/4 and 1/12 of its block bytes by
+compressed to about 1/2, 1/4, 1/6 and 1/12 of its block bytes by
 
 * ``minivit``  the ``compress`` defaults at share k (``minivit.budget.recipe``: the bytes of share k spent on
   relaxed sharing, share number, delta rank and init picked from the teacher's weights, no head mixing),
@@ -58,7 +58,7 @@ from minivit.train.data import WithTeacherLogits
 
 KINDS = ("minivit", "naive", "drop")
 EXTRA_KINDS = ("headmix",)  # on request (--rows headmix:4): minivit.budget.plan at the row's budget, head mixing on
-BUDGETS = (2, 4, 12)  # fraction 1/k of the teacher's block bytes (the default rows; --rows may add others)
+BUDGETS = (2, 4, 6, 12)  # fraction 1/k of the teacher's block bytes (the default rows; --rows may add others)
 
 
 def teacher_args(a) -> dict:
