@@ -17,7 +17,8 @@ Both models of a pair run in alternation, in eval mode under ``torch.inference_m
 both alike); the reported ratio is the median over rounds of student time / teacher time, with each model's
 median time. Batches 1 and 32, 1 and 2 threads by default. With ``--onnx`` both models are exported once
 (``minivit.export.export_onnx``, dynamic batch) and timed the same way in onnxruntime (a student with deltas
-twice: factorised as ``minivit export`` writes it, and ``ort-folded`` as ``export --fold-deltas`` writes it);
+twice: as ``minivit export`` writes it, the merge of the stored factors in the graph, which onnxruntime folds at
+load, and ``ort-folded`` as ``export --fold-deltas`` writes it, full weights in the file);
 with ``--compile`` both
 are compiled by ``torch.compile`` (inductor, one graph per batch size; what ``minivit eval --compile`` runs) and
 timed the same way. Target: ratio <= 1.10.
@@ -141,6 +142,9 @@ def onnx_rows(teacher, student, shape, batches, threads, reps):
         for n in threads:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads = n, 1
+            # idle sessions must not spin: with two sessions alternating on a 2-core machine, the waiting one's
+            # spinning worker would take a core from the one being timed
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             sessions = {k: ort.InferenceSession(f, opts, providers=["CPUExecutionProvider"]) for k, f in files.items()}
             sa = sessions["teacher"]
             for engine in students:

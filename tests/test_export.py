@@ -340,3 +340,27 @@ def _saved_plain(tmp_path, teacher):
     d = tmp_path / "plain_model"
     minivit.save_pretrained(minivit.multiplex(teacher, share=2), d)
     return d
+
+
+def test_default_onnx_export_of_deltas_is_small_and_folds_when_loaded(tmp_path):
+    """The default export writes the deltas' merge on the stored factors: the file holds no per-layer weight
+    copies, and onnxruntime's constant folding at load leaves one product per map (the folded graph's count)."""
+    teacher = tiny_vit(depth=4)
+    student = perturbed(minivit.multiplex(teacher, share=4, delta_rank=2, transforms=False))
+    info = export_onnx(student, tmp_path / "s.onnx", (1, 3, 32, 32))
+    assert info["weights_shared"] and info["max_abs_diff"] < 1e-4
+    assert info["exporter"] == "torchscript" and "duplicated" in info["fallback_reason"]
+    folded = export_onnx(minivit.fold_deltas(student), tmp_path / "f.onnx", (1, 3, 32, 32), exporter="torchscript")
+    assert info["bytes"] < 0.5 * folded["bytes"]
+
+    def products_after_loading(path):
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(opts.optimized_model_filepath).graph
+        return sum(n.op_type in ("MatMul", "Gemm", "FusedMatMul") for n in graph.node)
+
+    assert products_after_loading(tmp_path / "s.onnx") == products_after_loading(tmp_path / "f.onnx")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(ort_run(tmp_path / "s.onnx", x), student(x).numpy(), atol=1e-4)

@@ -12,7 +12,10 @@ difference. Components with no singular value to start from (e.g. the first laye
 
 For inference, :func:`fold_deltas` returns a copy in which each layer runs one map with weight
 ``W_shared + B_l A_l`` (:class:`FoldedDelta`): the same arithmetic as the teacher, instead of three products
-and a sum per map. Saved and exported models keep the factors; only that inference copy holds full weights.
+and a sum per map. Saved models keep the factors; only that inference copy holds full weights. For export,
+:func:`merge_in_graph` writes the merge ``W_shared + B_l A_l`` into the graph on the stored factors
+(:class:`GraphMergedDelta`): the file keeps the factors and a runtime that folds constants (onnxruntime does,
+when it loads a model) runs one product per map.
 """
 
 from __future__ import annotations
@@ -133,12 +136,29 @@ class FoldedDelta(nn.Module):
         return f"rank={self.rank}, folded"
 
 
-def fold_deltas(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` whose low-rank deltas are folded into full per-layer weights
-    (:class:`FoldedDelta`): each corrected map is one ``F.linear``, so a relaxed-sharing student runs at the
-    cost of a plain one. Outputs equal ``model``'s to float rounding. ``model`` itself is untouched; a model
-    without (float) deltas is returned as it is. Use the copy for predictions and latency, and keep ``model``
-    for saving, training and export (where the deltas stay factorised)."""
+class GraphMergedDelta(nn.Module):
+    """A :class:`LowRankDelta` whose layer runs ``F.linear(x, W + up @ down, b + bias)``, the merge computed from
+    the weights in every call: for export graphs, where it is a subgraph on constants that the runtime folds once
+    (onnxruntime's constant folding at load) while the file stores only the factors. Same state-dict keys as
+    the delta; slower than either form in eager PyTorch."""
+
+    def __init__(self, delta: LowRankDelta):
+        super().__init__()
+        self.rank = delta.rank
+        self.down_proj, self.up_proj = delta.down_proj, delta.up_proj
+
+    def merged(self, shared: nn.Linear, x: Tensor) -> Tensor:
+        weight = shared.weight + self.up_proj.weight @ self.down_proj.weight
+        bias = None if shared.bias is None else shared.bias + self.up_proj.bias
+        return F.linear(x, weight, bias)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, merged in the graph"
+
+
+def _replace_deltas(model: nn.Module, make) -> nn.Module:
+    """A copy of ``model`` with each float :class:`LowRankDelta` replaced by ``make(shared_linear, delta)``;
+    ``model`` itself when it has none."""
     from .multiplex import iter_layers
 
     if not any(getattr(layer, "delta", None) is not None for _, layer in iter_layers(model)):
@@ -151,8 +171,23 @@ def fold_deltas(model: nn.Module) -> nn.Module:
         for name in DELTA_NAMES:
             delta, base = getattr(layer.delta, name), maps[name]
             if type(delta) is LowRankDelta and type(base) is nn.Linear and type(delta.up_proj) is nn.Linear:
-                setattr(layer.delta, name, FoldedDelta(base, delta))
+                setattr(layer.delta, name, make(base, delta))
     return out
+
+
+def merge_in_graph(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` whose deltas run as :class:`GraphMergedDelta` (for export: a small file that
+    runs at the speed of full weights where the runtime folds constants); ``model`` itself if it has none."""
+    return _replace_deltas(model, lambda base, delta: GraphMergedDelta(delta))
+
+
+def fold_deltas(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` whose low-rank deltas are folded into full per-layer weights
+    (:class:`FoldedDelta`): each corrected map is one ``F.linear``, so a relaxed-sharing student runs at the
+    cost of a plain one. Outputs equal ``model``'s to float rounding. ``model`` itself is untouched; a model
+    without (float) deltas is returned as it is. Use the copy for predictions and latency, and keep ``model``
+    for saving, training and export (where the deltas stay factorised)."""
+    return _replace_deltas(model, FoldedDelta)
 
 
 def layer_deltas(shared: nn.Module, block: nn.Module, rank: int) -> LayerDeltas | None:
@@ -165,11 +200,15 @@ def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
     return dict(qkv=block.attn.qkv, proj=block.attn.proj, fc1=block.mlp.fc1, fc2=block.mlp.fc2)
 
 
-def linear(module: nn.Linear, x: Tensor, delta: LowRankDelta | FoldedDelta | None) -> Tensor:
-    """``module(x)``, plus the layer's delta if it has one; a folded delta replaces ``module``."""
+def linear(module: nn.Linear, x: Tensor, delta: LowRankDelta | FoldedDelta | GraphMergedDelta | None) -> Tensor:
+    """``module(x)``, plus the layer's delta if it has one; a folded or merged delta replaces ``module``."""
     if delta is None:
         return module(x)
-    return delta(x) if isinstance(delta, FoldedDelta) else module(x) + delta(x)
+    if isinstance(delta, FoldedDelta):
+        return delta(x)
+    if isinstance(delta, GraphMergedDelta):
+        return delta.merged(module, x)
+    return module(x) + delta(x)
 
 
 def mlp(module: nn.Module, x: Tensor, deltas: LayerDeltas | None) -> Tensor:

@@ -228,6 +228,7 @@ def export_onnx(
     exporter: str = "auto",
     tolerance: float = 1e-3,
     keep_metadata: bool = False,
+    merge_deltas: bool = True,
 ) -> dict[str, Any]:
     """Export ``model`` to an ONNX file at ``path`` whose shared weights stay shared.
 
@@ -245,6 +246,11 @@ def export_onnx(
         exporter: ``"auto"`` (dynamo, then TorchScript), ``"dynamo"`` or ``"torchscript"``.
         tolerance: relative verification tolerance (see ``verify``).
         keep_metadata: keep per-node stack traces and doc strings (larger file).
+        merge_deltas: a relaxed-sharing student's deltas are written as the merge ``W_shared + up @ down`` on the
+            stored factors (:func:`minivit.core.delta.merge_in_graph`): the file keeps the factors and
+            onnxruntime, which folds constant subgraphs when it loads a model, runs one product per map. (The
+            dynamo exporter folds that merge into per-layer weights itself; ``auto`` then keeps the
+            TorchScript exporter's graph, which shares them.) ``False``: the deltas as separate products.
 
     Returns a summary: ``path``, ``bytes``, ``mb``, ``exporter``, ``opset``, ``input_size``,
     ``dynamic_batch``, ``num_initializers``, ``unique_initializers``, ``initializer_bytes``,
@@ -256,6 +262,10 @@ def export_onnx(
     """
     _check_options(exporter, opset)
     order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    if merge_deltas:
+        from ..core.delta import merge_in_graph
+
+        model = merge_in_graph(model)
     with export_job(model, path, "ONNX", input_size) as job:
         best, failures = _first_that_shares(
             job, order, opset=opset, dynamic=dynamic_batch, verify=verify, tolerance=tolerance, metadata=keep_metadata
@@ -310,7 +320,8 @@ def export_onnx_int8(
     summary for the int8 file plus ``fp32_bytes`` (the intermediate fp32 file) and ``int8: True``.
     """
     with export_job(model, path, "ONNX", input_size) as job:
-        fp32 = export_onnx(job.model, job.staged("fp32", job.target.name), job.size, **onnx_options)
+        fp32 = export_onnx(job.model, job.staged("fp32", job.target.name), job.size, merge_deltas=False,
+                           **onnx_options)  # (int8: each factor is quantised as its own product)
         if len(fp32["files"]) > 1:
             raise MinivitError("int8 quantisation of ONNX files over 2 GB is not supported", "use --format torchscript")
         staged = job.staged("int8", job.target.name)

@@ -79,9 +79,10 @@ def run_export(
         verify: compare the written file with the PyTorch model (onnxruntime / reloaded TorchScript).
         per_channel: per-output-channel int8 scales.
         fold_deltas: ONNX and fp32 TorchScript: export the inference copy whose relaxed-sharing deltas are
-            folded into full per-layer weights (:func:`minivit.fold_deltas`): the teacher's speed, but each
-            layer's corrected maps are stored in full (about the teacher's bytes for those maps). Default: the
-            deltas stay factorised (the small file).
+            folded into full per-layer weights (:func:`minivit.fold_deltas`): each layer's corrected maps are
+            stored in full (about the teacher's bytes for them), for runtimes that do not fold constants.
+            Default: the file keeps the factors; fp32 ONNX writes their merge into the graph, which
+            onnxruntime folds when it loads the model (one product per map), TorchScript runs the factors.
 
     Returns ``format``, ``int8``, ``model_dir``, ``path``, ``files``, ``bytes``, ``mb``,
     ``source_bytes`` / ``source_mb`` (the fp32 ``model.safetensors``), ``size_ratio`` (source / output),
@@ -193,8 +194,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--per-channel", action="store_true", help="int8: one scale per output channel")
     parser.add_argument(
         "--fold-deltas", action="store_true",
-        help="onnx / torchscript: fold relaxed-sharing deltas into full per-layer weights (the teacher's speed, "
-        "a larger file); default: keep them factorised",
+        help="onnx / torchscript: store relaxed-sharing deltas folded into full per-layer weights (a larger "
+        "file, for runtimes that do not fold constants); default: the factors (fp32 ONNX writes their merge, "
+        "which onnxruntime folds at load)",
     )  # fmt: skip
     return parser
 
