@@ -437,12 +437,13 @@ def run_compress(
     run: RunOptions | None = None,
     teacher_checkpoint=None,
     budget: float | None = None,
-    recipe: str = "frontier",
+    recipe: str | None = None,
     **options,
 ) -> dict:
     """Multiplex ``teacher``, distil it as ``distill`` says, train as ``config`` says; returns the report.
 
-    What is built: with ``recipe="frontier"`` (the default) the bytes of ``spec.share`` (``"all"``: one shared
+    What is built: with ``recipe="frontier"`` (the default, unless ``delta_rank`` or ``init`` is among
+    ``options``: then ``"exact"``) the bytes of ``spec.share`` (``"all"``: one shared
     block) spent as the accuracy-per-byte benchmark's winner (:func:`minivit.budget.recipe`: share number,
     delta rank, init and the fields of :data:`minivit.budget.RECIPE`); with ``recipe="exact"``, ``spec`` as
     given. ``budget`` (a fraction of the teacher's stored bytes) replaces the share's bytes as the size
@@ -461,6 +462,9 @@ def run_compress(
     spec, distill = compress_configs(spec, distill, **options)
     check_cacheable(distill, augmented=bool(run.augment or config.mixup or config.cutmix))
     net, data_config, train, val = _teacher_and_data(teacher, teacher_args, teacher_checkpoint, data, run)
+    if recipe is None:
+        recipe = "exact" if budget is None and {"delta_rank", "init"} & set(options) else "frontier"
+    asked = {"recipe": recipe, **({"budget": budget} if budget is not None else {"asked_share": spec.share})}
     spec = _planned(net, spec, budget, recipe, run.log)
     torch.manual_seed(config.seed)
     student = apply_data_config(multiplex(net, spec), data_config)
@@ -469,7 +473,7 @@ def run_compress(
     weights = {} if teacher_checkpoint is None else {"teacher_checkpoint": str(teacher_checkpoint)}
     rc = run_config(
         config, command="compress", teacher=str(teacher), **weights, architecture=model_config(student),
-        data=str(data), data_config=data_config.to_json(), **spec.to_dict(), **distill.record(),
+        data=str(data), data_config=data_config.to_json(), **asked, **spec.to_dict(), **distill.record(),
         layer_pairs=objective.pairs, **run.record(),
     )  # fmt: skip
     main = processes().is_main_process
@@ -478,7 +482,8 @@ def run_compress(
     if main and run.log is not None:
         run.log(
             f"teacher: {info['params']:,} params, val top-1 {info['top1']:.2f} (before distilling); "
-            f"student (share {spec.share}): {count_parameters(student):,} params, "
+            f"student (share {spec.share}{f', delta rank {spec.delta_rank}' if spec.delta_rank else ''}): "
+            f"{count_parameters(student):,} params, "
             f"{len(objective.pairs)} layer pair(s) {objective.pairs}"
         )
     train_set = _with_cached_logits(net, train, rc, out, main) if distill.cache_teacher_logits else train
@@ -564,7 +569,7 @@ def _teacher_info(net: nn.Module, source: str, val, config: TrainConfig, data_co
 def comparison_table(report: dict) -> str:
     """Teacher and student side by side (a ``compress`` report): params, MB, top-1/top-5, latency."""
     t, s = report["teacher"], report["model"]
-    share = report["config"].get("share")
+    share = report["config"].get("asked_share", report["config"].get("share"))  # (the bytes asked for)
     rows = [
         ("teacher", t["params"], t["size_mb"], t["top1"], t["top5"], t["latency_ms"]),
         (f"student (share {share})", s["params"], s["size_mb"], report["val"]["top1"], report["val"]["top5"],

@@ -176,7 +176,6 @@ def _compress_arguments(p) -> None:
         "it says what it built); exact: build --share, --delta-rank, --init, ... as given (the default "
         "when --delta-rank or --init is given)",
     )  # fmt: skip
-    p.set_defaults(**dict.fromkeys(LAYOUT_FLAGS))  # None: not given (see _compress_recipe)
     add_options(p, DistillConfig, "distillation")
 
 
@@ -184,13 +183,13 @@ LAYOUT_FLAGS = ("delta_rank", "init")
 """Spec fields the frontier recipe picks itself: giving one builds the spec as given (``--recipe exact``)."""
 
 
-def _compress_recipe(a) -> tuple[str, dict]:
-    """The recipe of a ``compress`` command line and the layout fields given on it."""
-    given = {k: getattr(a, k) for k in LAYOUT_FLAGS if getattr(a, k) is not None}
+def _compress_recipe(a) -> str:
+    """The recipe of a ``compress`` command line (``exact`` when a layout flag is given without --recipe)."""
+    given = {k: getattr(a, k) for k in LAYOUT_FLAGS if k in (getattr(a, "given", None) or ())}
     if a.recipe == "frontier" and given and a.budget is None:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise ConfigError(f"{flags}: the frontier recipe picks these itself", "drop them, or pass --recipe exact")
-    return a.recipe or ("exact" if given and a.budget is None else "frontier"), given
+    return a.recipe or ("exact" if given and a.budget is None else "frontier")
 
 
 def _fraction(text: str) -> float:
@@ -347,13 +346,13 @@ def _compress(a) -> None:
     from ..train.engine import TrainConfig
     from . import commands
 
-    recipe, given = _compress_recipe(a)
+    recipe = _compress_recipe(a)
     report = commands.run_compress(
         a.teacher,
         a.data,
         a.output,
         from_args(TrainConfig, a),
-        spec=from_args(MultiplexSpec, a, **{k: getattr(MultiplexSpec(), k) for k in LAYOUT_FLAGS} | given),
+        spec=from_args(MultiplexSpec, a),
         distill=from_args(DistillConfig, a),
         teacher_args=commands.parse_model_args(a.teacher_args, "--teacher-args"),
         run=_run_options(a),

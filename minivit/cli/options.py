@@ -7,6 +7,7 @@ metadata may also say:
 * ``flag``: another flag name (``--layers-student`` for ``student_layers``);
 * ``type``: the value type when the default (``None``) does not tell it;
 * ``choices``, ``metavar``; ``min``: the smallest integer accepted; ``required``: the CLI asks for it;
+* ``action``: an argparse action (:class:`Given` records that the flag was given);
 * ``cli: False``: no flag (the default is used).
 
 A boolean field that defaults to ``False`` is a switch (``--cache-teacher-logits``); one that defaults
@@ -52,15 +53,23 @@ def share_value(text: str):
     return items[0] if len(items) == 1 else tuple(items)
 
 
+class Given(argparse.Action):
+    """Store the value, and note in ``namespace.given`` that the flag was given (its default is kept apart)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = set(getattr(namespace, "given", None) or ()) | {self.dest}
+
+
 # How the CLI spells MultiplexSpec's fields (spec.py keeps the help texts, FIELD_HELP).
 SPEC_OPTIONS = {
     "share": {"type": share_value, "metavar": "K|K1,K2,..|all"},
     "separate_norms": {"flag": "--shared-norms"},
-    "init": {"choices": INITS},
+    "init": {"choices": INITS, "action": Given},
     "transform_init": {"choices": TRANSFORM_INITS},
     "irpe_ratio": {"metavar": "R"},
     "mlp_transform": {"type": bool},
-    "delta_rank": {"min": 0, "metavar": "R"},
+    "delta_rank": {"min": 0, "metavar": "R", "action": Given},
 }
 
 
@@ -148,7 +157,7 @@ def _argument(default, meta: dict) -> dict:
     out = {"type": kind, "default": default, "help": _with_default(text, default, meta.get("required"))}
     if kind is int or "min" in meta:
         out["metavar"] = "N"
-    for key in ("choices", "metavar", "required"):
+    for key in ("choices", "metavar", "required", "action"):
         if key in meta:
             out[key] = meta[key]
     if out.get("required"):
@@ -169,6 +178,7 @@ def _with_default(text: str, default, required) -> str:
 
 __all__ = [
     "AUGMENT_OPTIONS",
+    "Given",
     "SPEC_OPTIONS",
     "add_options",
     "float_pair",
