@@ -17,8 +17,9 @@ and the product with ``v``::
   constant terms and to ``q`` (for the iRPE term, whose table all heads share) instead of to their large
   sums, the pre-mix and every constant land in the logits with one batched multiply-add, and, where no
   gradient is being recorded, the mask add and ``Fpost`` write into buffers already allocated and a large
-  batch is processed in slices of about 1 MiB of attention (:data:`CHUNK_BYTES`), which stay in cache
-  through all passes (the fused kernel a teacher calls never materialises the tensor at all).
+  batch is processed in slices of about 1 MiB of attention (:data:`CHUNK_BYTES`), whose ``q``, ``k``, ``v``
+  are copied out of the strided qkv projection slice by slice and which stay in cache through all passes
+  (the fused kernel a teacher calls never materialises the tensor at all).
   The mask's "do not attend" entries (Swin's ``-100``) become ``-inf``: the attention weights this drops
   are ``exp(-100)``-small, below float32's normal range, and arithmetic on such subnormal numbers is many
   times slower on CPUs. Results agree with the training path to float32 rounding (``tests/test_attention.py``).
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["head_mix", "rpe_logits", "mixed_attention"]
+__all__ = ["head_mix", "rpe_logits", "mixed_attention", "split_qkv"]
 
 
 def head_mix(attn: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -167,26 +168,36 @@ CHUNK_BYTES = 1 << 20
 cache), so that its passes (logits, mixes, softmax, product with v) read the slice from cache, not memory."""
 
 
+def split_qkv(qkv: Tensor, training: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``q, k, v`` from the ``(3, B, H, N, D)`` view of a qkv projection, for :func:`mixed_attention`: one
+    contiguous copy where the whole batch is used at once (training, a recorded graph, a batch that eager
+    inference runs in one slice), views where eager inference slices the batch (each slice is copied where
+    it is used, while it is in cache)."""
+    _, b, h, n, _ = qkv.shape
+    attn_bytes = h * n * n * qkv.element_size()
+    if training or not _may_reuse() or b <= max(1, CHUNK_BYTES // attn_bytes):
+        qkv = qkv.contiguous()
+    return qkv.unbind(0)
+
+
 def _inference(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_table, rpe_index):
     """The training path's function in fewer passes over (B, H, N, N) (see the module docstring)."""
     b, h, n, d = q.shape
     reuse = _may_reuse()
     if reuse and mask is None and b * h * n * n * q.element_size() <= SMALL_BYTES:
         return _training(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, None, rpe_table, rpe_index, 0.0)
-    # batched products over strided views of the qkv projection are several times slower than over a copy
-    q, k = q.contiguous(), k.contiguous()
     const = _constant_logits(h, n, pre_w, pre_b, bias, mask)
     args = (scale, pre_w, pre_b, post_w, post_b, const, mask is not None, rpe_table, rpe_index, reuse)
-    if not reuse:  # (a traced or exported graph stays one piece, batch size free)
-        return _inference_rows(q, k, v, *args)
     rows = max(1, CHUNK_BYTES // (h * n * n * q.element_size()))
     if const is not None and const.shape[0] > 1:
         rows = const.shape[0] * max(1, rows // const.shape[0])  # whole images: the mask repeats per image
-    if rows >= b:
-        return _inference_rows(q, k, v, *args)
+    if not reuse or rows >= b:  # (a traced or exported graph stays one piece, batch size free)
+        # batched products over strided views of the qkv projection are several times slower than over a copy
+        return _inference_rows(q.contiguous(), k.contiguous(), v.contiguous(), *args)
     out = torch.empty(b, h, n, v.shape[-1], dtype=torch.result_type(q, v), device=v.device)
-    for i in range(0, b, rows):
-        _inference_rows(q[i : i + rows], k[i : i + rows], v[i : i + rows], *args, out=out[i : i + rows])
+    for i in range(0, b, rows):  # each slice copied where it is used, while it is in cache
+        piece = [t[i : i + rows].contiguous() for t in (q, k, v)]
+        _inference_rows(*piece, *args, out=out[i : i + rows])
     return out
 
 

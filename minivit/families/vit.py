@@ -35,7 +35,7 @@ from ..core import (
     take_indices,
 )
 from ..core import delta as deltas
-from ..core.attention import mix_weights, mixed_attention
+from ..core.attention import mix_weights, mixed_attention, split_qkv
 from ..core.multiplex import LayerParts as BaseLayerParts
 from ..errors import ConfigError
 from ..spec import ALL, MultiplexSpec, as_spec
@@ -68,9 +68,9 @@ class SharedAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
-            # explicit attention: one copy makes q, k, v contiguous so the batched products copy nothing;
-            # in eval mode the inference path (same result to float rounding, see core.attention)
-            q, k, v = qkv.contiguous().unbind(0)
+            # explicit attention: contiguous q, k, v so the batched products copy nothing (split_qkv); in eval mode
+            # the inference path (same result to float rounding, see core.attention)
+            q, k, v = split_qkv(qkv, self.training)
             q, k = self.q_norm(q), self.k_norm(k)
             x = mixed_attention(
                 q, k, v, self.scale, **mix_weights(layer.pre_mix, layer.post_mix),
