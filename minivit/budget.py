@@ -118,14 +118,14 @@ def plan(teacher: nn.Module, budget: float, spec: MultiplexSpec | None = None, m
         raise ConfigError(f"budget must be a fraction in (0, 1], got {budget!r}", "e.g. --budget 0.25")
     from .measure import tensor_bytes
 
-    return _within(teacher, budget * tensor_bytes(teacher), spec or MultiplexSpec(), max_rank, inits,
+    teacher_bytes = tensor_bytes(teacher)
+    return _within(teacher, teacher_bytes, budget * teacher_bytes, spec or MultiplexSpec(), max_rank, inits,
                    f"{budget:.3f} of the teacher's stored bytes")
 
 
-def _within(teacher: nn.Module, limit: float, spec: MultiplexSpec, max_rank: int, inits, what: str) -> Plan:
+def _within(teacher: nn.Module, teacher_bytes: int, limit: float, spec: MultiplexSpec, max_rank: int, inits,
+            what: str) -> Plan:
     """:func:`plan` for a limit in bytes."""
-    from .measure import tensor_bytes
-
     stacks = _blocks(teacher)
     depths = [len(s) for s in stacks]
     candidates = []
@@ -142,7 +142,7 @@ def _within(teacher: nn.Module, limit: float, spec: MultiplexSpec, max_rank: int
         raise ConfigError(f"no student fits {what}",
                           "a single shared block (--share all) is the smallest; raise the budget")
     _, size, k, rank, init = min(candidates)
-    return Plan(spec.replace(share=k, delta_rank=rank, init=init), size, tensor_bytes(teacher))
+    return Plan(spec.replace(share=k, delta_rank=rank, init=init), size, teacher_bytes)
 
 
 RECIPE = {"transforms": False}
@@ -155,9 +155,11 @@ def recipe(teacher: nn.Module, share: int | str | tuple[int, ...] = 2, spec: Mul
     student (``multiplex(teacher, spec with share=K)``), spent the way :func:`plan` spends a budget, with the
     fields of :data:`RECIPE`. The frontier benchmark measures exactly these students
     (``benchmarks/results/frontier.md``); ``compress --recipe exact`` builds ``spec`` as given instead."""
+    from .measure import tensor_bytes
+
     spec = (spec or MultiplexSpec()).replace(share=share)
     limit = _base_bytes(teacher, spec.replace(delta_rank=0))
-    return _within(teacher, limit, spec.replace(**RECIPE), max_rank, ("first", "mean"),
+    return _within(teacher, tensor_bytes(teacher), limit, spec.replace(**RECIPE), max_rank, ("first", "mean"),
                    f"the bytes of share {share}")
 
 

@@ -462,8 +462,7 @@ def run_compress(
     spec, distill = compress_configs(spec, distill, **options)
     check_cacheable(distill, augmented=bool(run.augment or config.mixup or config.cutmix))
     net, data_config, train, val = _teacher_and_data(teacher, teacher_args, teacher_checkpoint, data, run)
-    if recipe is None:
-        recipe = "exact" if budget is None and {"delta_rank", "init"} & set(options) else "frontier"
+    recipe = resolve_recipe(recipe, budget, set(options))
     asked = {"recipe": recipe, **({"budget": budget} if budget is not None else {"asked_share": spec.share})}
     spec = _planned(net, spec, budget, recipe, run.log)
     torch.manual_seed(config.seed)
@@ -508,6 +507,21 @@ def run_compress(
 
 
 RECIPES = ("frontier", "exact")
+LAYOUT_FIELDS = ("delta_rank", "init")
+"""Spec fields the frontier recipe picks itself: giving one (without a budget) builds the spec as given."""
+
+
+def resolve_recipe(recipe: str | None, budget: float | None, given: set[str]) -> str:
+    """The recipe ``compress`` follows: ``recipe``, or when None ``exact`` if a :data:`LAYOUT_FIELDS` field is
+    among ``given`` (and no budget picks them), else ``frontier``; the frontier recipe with such a field given
+    is refused."""
+    layout = [f for f in LAYOUT_FIELDS if f in given] if budget is None else []
+    if recipe == "frontier" and layout:
+        flags = ", ".join("--" + f.replace("_", "-") for f in layout)
+        raise ConfigError(f"{flags}: the frontier recipe picks these itself", "drop them, or pass --recipe exact")
+    if recipe is not None and recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}", f"use one of {', '.join(RECIPES)}")
+    return recipe or ("exact" if layout else "frontier")
 
 
 def _planned(net: nn.Module, spec: MultiplexSpec, budget: float | None, recipe: str, log) -> MultiplexSpec:
@@ -515,8 +529,6 @@ def _planned(net: nn.Module, spec: MultiplexSpec, budget: float | None, recipe: 
     from ..budget import RECIPE, plan
     from ..budget import recipe as frontier_recipe
 
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}", f"use one of {', '.join(RECIPES)}")
     if recipe == "exact" and budget is None:
         return spec
     if budget is not None:

@@ -179,19 +179,6 @@ def _compress_arguments(p) -> None:
     add_options(p, DistillConfig, "distillation")
 
 
-LAYOUT_FLAGS = ("delta_rank", "init")
-"""Spec fields the frontier recipe picks itself: giving one builds the spec as given (``--recipe exact``)."""
-
-
-def _compress_recipe(a) -> str:
-    """The recipe of a ``compress`` command line (``exact`` when a layout flag is given without --recipe)."""
-    given = {k: getattr(a, k) for k in LAYOUT_FLAGS if k in (getattr(a, "given", None) or ())}
-    if a.recipe == "frontier" and given and a.budget is None:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise ConfigError(f"{flags}: the frontier recipe picks these itself", "drop them, or pass --recipe exact")
-    return a.recipe or ("exact" if given and a.budget is None else "frontier")
-
-
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -346,7 +333,7 @@ def _compress(a) -> None:
     from ..train.engine import TrainConfig
     from . import commands
 
-    recipe = _compress_recipe(a)
+    recipe = commands.resolve_recipe(a.recipe, a.budget, getattr(a, "given", None) or set())
     report = commands.run_compress(
         a.teacher,
         a.data,

@@ -81,6 +81,10 @@ class LowRankDelta(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.up_proj(self.down_proj(x))
 
+    def apply_to(self, shared: nn.Linear, x: Tensor) -> Tensor:
+        """The corrected map: ``shared(x)`` plus this delta."""
+        return shared(x) + self(x)
+
     def extra_repr(self) -> str:
         return f"rank={self.rank}"
 
@@ -106,16 +110,27 @@ class LayerDeltas(nn.Module):
         return cls(deltas)
 
 
-class FoldedDelta(nn.Module):
+class _DeltaForm(nn.Module):
+    """Another way to run a :class:`LowRankDelta`: it keeps the delta's factors (same state-dict keys) and
+    computes the corrected map in :meth:`apply_to`."""
+
+    def __init__(self, delta: LowRankDelta):
+        super().__init__()
+        self.rank = delta.rank
+        self.down_proj, self.up_proj = delta.down_proj, delta.up_proj
+
+    def apply_to(self, shared: nn.Linear, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class FoldedDelta(_DeltaForm):
     """A :class:`LowRankDelta` folded into the shared map it corrects, for inference: ``x -> (W + up @ down) x +
     (b + bias)`` in one product. The factors stay (same state-dict keys as the delta); the folded ``weight`` and
     ``bias`` are non-persistent buffers computed once, when folding. Inference only: training mode is refused,
     since the folded weight would go stale as the factors learn."""
 
     def __init__(self, shared: nn.Linear, delta: LowRankDelta):
-        super().__init__()
-        self.rank = delta.rank
-        self.down_proj, self.up_proj = delta.down_proj, delta.up_proj
+        super().__init__(delta)
         with torch.no_grad():
             weight = shared.weight + delta.up @ delta.down
             bias = None if shared.bias is None else shared.bias + (0 if delta.bias is None else delta.bias)
@@ -132,22 +147,20 @@ class FoldedDelta(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
 
+    def apply_to(self, shared: nn.Linear, x: Tensor) -> Tensor:
+        return self(x)  # (the folded weight already holds the shared one)
+
     def extra_repr(self) -> str:
         return f"rank={self.rank}, folded"
 
 
-class GraphMergedDelta(nn.Module):
+class GraphMergedDelta(_DeltaForm):
     """A :class:`LowRankDelta` whose layer runs ``F.linear(x, W + up @ down, b + bias)``, the merge computed from
     the weights in every call: for export graphs, where it is a subgraph on constants that the runtime folds once
     (onnxruntime's constant folding at load) while the file stores only the factors. Same state-dict keys as
     the delta; slower than either form in eager PyTorch."""
 
-    def __init__(self, delta: LowRankDelta):
-        super().__init__()
-        self.rank = delta.rank
-        self.down_proj, self.up_proj = delta.down_proj, delta.up_proj
-
-    def merged(self, shared: nn.Linear, x: Tensor) -> Tensor:
+    def apply_to(self, shared: nn.Linear, x: Tensor) -> Tensor:
         weight = shared.weight + self.up_proj.weight @ self.down_proj.weight
         bias = None if shared.bias is None else shared.bias + self.up_proj.bias
         return F.linear(x, weight, bias)
@@ -178,7 +191,7 @@ def _replace_deltas(model: nn.Module, make) -> nn.Module:
 def merge_in_graph(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` whose deltas run as :class:`GraphMergedDelta` (for export: a small file that
     runs at the speed of full weights where the runtime folds constants); ``model`` itself if it has none."""
-    return _replace_deltas(model, lambda base, delta: GraphMergedDelta(delta))
+    return _replace_deltas(model, lambda shared, delta: GraphMergedDelta(delta))
 
 
 def fold_deltas(model: nn.Module) -> nn.Module:
@@ -200,15 +213,9 @@ def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
     return dict(qkv=block.attn.qkv, proj=block.attn.proj, fc1=block.mlp.fc1, fc2=block.mlp.fc2)
 
 
-def linear(module: nn.Linear, x: Tensor, delta: LowRankDelta | FoldedDelta | GraphMergedDelta | None) -> Tensor:
-    """``module(x)``, plus the layer's delta if it has one; a folded or merged delta replaces ``module``."""
-    if delta is None:
-        return module(x)
-    if isinstance(delta, FoldedDelta):
-        return delta(x)
-    if isinstance(delta, GraphMergedDelta):
-        return delta.merged(module, x)
-    return module(x) + delta(x)
+def linear(module: nn.Linear, x: Tensor, delta: LowRankDelta | _DeltaForm | None) -> Tensor:
+    """``module(x)``, corrected by the layer's delta if it has one (in whichever form it runs)."""
+    return module(x) if delta is None else delta.apply_to(module, x)
 
 
 def mlp(module: nn.Module, x: Tensor, deltas: LayerDeltas | None) -> Tensor:
