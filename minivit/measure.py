@@ -59,7 +59,15 @@ def to_mb(nbytes: int | float) -> float:
 
 
 def size_mb(model: nn.Module) -> float:
-    """MB (10^6 bytes) of the distinct parameters and persistent buffers, as stored."""
+    """MB (10^6 bytes) of the distinct parameters and persistent buffers, as stored; for a dynamic-int8 model,
+    the size of the ``model.int8.safetensors`` it is stored in (:func:`minivit.export.int8_bytes`: its packed
+    int8 weights count too)."""
+    from .export.torchscript import is_quantized
+
+    if is_quantized(model):
+        from .export.int8 import int8_bytes
+
+        return to_mb(int8_bytes(model))
     return to_mb(tensor_bytes(model))
 
 

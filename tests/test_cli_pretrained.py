@@ -371,3 +371,39 @@ def test_export_prints_the_preprocessing_the_model_records(capsys, tmp_path):
     assert code == 0, err
     line = stdout.strip().splitlines()[-1]
     assert "preprocessing" in line and "3x32x32 bicubic crop 0.9 mean 0.1,0.2,0.3 std 0.5,0.5,0.5" in line
+
+
+def test_eval_reads_an_int8_folder_and_other_commands_refuse_it(capsys, tmp_path, monkeypatch):
+    """``export --format safetensors --int8`` writes a folder ``eval`` scores as the exporter's int8 model (the
+    predictions of that model, the size of its file); commands that need fp32 weights refuse it in one line."""
+    from minivit import multiplex, save_pretrained
+    from minivit.data import build_dataset, resolve_data_config
+    from minivit.export import quantize_dynamic_int8, run_export
+    from minivit.zoo import create_model
+
+    monkeypatch.setattr("minivit.cli.commands.latency_ms", lambda *a, **k: 1.0)
+    torch.manual_seed(0)
+    teacher = create_model("vit_tiny_patch16_224", num_classes=10, in_chans=1, **TINY_KW).eval()
+    student = multiplex(teacher, share=2, delta_rank=2, transforms=False).eval()  # relaxed sharing: int8 deltas
+    folder = save_pretrained(student, tmp_path / "student")
+    run_export(folder, "safetensors", tmp_path / "int8", int8=True)
+    file_bytes = (tmp_path / "int8" / "model.int8.safetensors").stat().st_size
+    code, stdout, err = cli(capsys, "eval", "--model", tmp_path / "int8", "--data", "digits", "--json",
+                            "--val-limit", "40")
+    assert code == 0, err
+    report = json.loads(stdout)
+    val = build_dataset("digits", "val", data_config=resolve_data_config(student), limit=40)
+    with torch.no_grad():
+        logits = quantize_dynamic_int8(student)(torch.stack([val[i][0] for i in range(len(val))]))
+    labels = torch.tensor([val[i][1] for i in range(len(val))])
+    assert report["top1"] == pytest.approx(100 * (logits.argmax(1) == labels).float().mean().item())
+    assert report["size_mb"] == round(file_bytes / 1e6, 3) and report["params"] > 0
+
+    for argv in (["compress", "--teacher", tmp_path / "int8", "--data", "digits", "--epochs", "1", "--output",
+                  tmp_path / "c"],
+                 ["export", "--model", tmp_path / "int8", "--format", "onnx"],
+                 ["analyze", "--teacher", folder, "--student", tmp_path / "int8", "--data", "digits",
+                  "--output", tmp_path / "a"]):  # fmt: skip
+        code, _, err = cli(capsys, *argv)
+        assert_one_line_error(code, err, "holds an int8 model")
+        assert not (tmp_path / "c").exists() and not (tmp_path / "a").exists()

@@ -35,6 +35,7 @@ from ..errors import CheckpointError, ConfigError, MinivitError
 from ..io import (
     atomic_write,
     build_from_config,
+    check_float_model,
     from_pretrained,
     locks_output,
     model_config,
@@ -133,20 +134,24 @@ def parse_model_args(items, option: str = "--model-args") -> dict:
 # --------------------------------------------------------------------------- models and data
 
 
-def load_model(spec: str, model_args: dict | None = None, pretrained: bool = False) -> nn.Module:
+def load_model(spec: str, model_args: dict | None = None, pretrained: bool = False, use: str | None = None) -> nn.Module:
     """A model from a saved folder, a training checkpoint (``.pt``), a ``.safetensors`` file or a model name.
 
     A saved model gets the data config it records (:func:`~minivit.cli.sources.saved_data_config`); a
-    model name gets timm's data config (and, with ``pretrained``, timm's pretrained weights)."""
+    model name gets timm's data config (and, with ``pretrained``, timm's pretrained weights). An int8 folder
+    (``export --format safetensors --int8``) gives its int8 model; ``use`` (e.g. "a teacher") says the
+    caller needs an fp32 one, and an int8 folder is then refused with one line."""
     path = Path(spec).expanduser()
     if path.is_dir():
         _no_args(model_args, spec)
         net = from_pretrained(path)
+        if use is not None:
+            check_float_model(net, spec, use)
         return apply_data_config(net, saved_data_config(net, read_config(path)))
     if path.is_file():
         _no_args(model_args, spec)
         if path.suffix == ".safetensors":
-            return load_model(str(path.parent))
+            return load_model(str(path.parent), use=use)
         return _from_training_checkpoint(path)
     if os.sep in spec or spec.endswith((".pt", ".safetensors", ".json")):
         raise CheckpointError(
@@ -553,7 +558,7 @@ def _teacher_and_data(teacher: str, teacher_args, checkpoint, data: str, run: Ru
             f"--teacher {teacher} is a saved model; --teacher-checkpoint goes with a model name",
             "drop --teacher-checkpoint, or give --teacher NAME (e.g. deit_tiny_patch16_224)",
         )
-    net = load_model(teacher, teacher_args, pretrained=checkpoint is None)
+    net = load_model(teacher, teacher_args, pretrained=checkpoint is None, use="a teacher")
     data_config = resolve_data_config(net)
     train, val = load_data(data, data_config, run.train_augment(), run.train_limit, run.val_limit)
     if checkpoint is not None:
@@ -681,8 +686,8 @@ def run_analyze(teacher: str, student: str, data: str, output, batches: int = 10
     from ..analysis.compare import analyze
     from ..data import build_dataset
 
-    t = check_finite(load_model(teacher, pretrained=True), str(teacher)).eval()
-    s = check_finite(load_model(student, pretrained=True), str(student)).eval()
+    t = check_finite(load_model(teacher, pretrained=True, use="analysed"), str(teacher)).eval()
+    s = check_finite(load_model(student, pretrained=True, use="analysed"), str(student)).eval()
     cfg_t, cfg_s = resolve_data_config(t), resolve_data_config(s)
     if cfg_t != cfg_s:
         raise ConfigError(

@@ -18,7 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, MinivitError
-from .pretrained import from_pretrained, model_config
+from .pretrained import check_float_model, from_pretrained, model_config
 
 REPO_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 PAPER = "https://arxiv.org/abs/2204.07154"
@@ -83,7 +83,7 @@ def push_to_hub(
     except ImportError:
         raise ConfigError("pushing needs huggingface_hub", "pip install huggingface_hub") from None
     directory = Path(directory)
-    model = from_pretrained(directory)
+    model = check_float_model(from_pretrained(directory), directory, "pushed (timm's Hub format is fp32)")
     cfg = model_config(model)
     model.pretrained_cfg = model.default_cfg = dict(cfg["pretrained_cfg"])  # what timm writes to config.json
     own = {k: v for k, v in cfg.items() if k not in TIMM_FIELDS}

@@ -219,11 +219,30 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def from_pretrained(directory: str | os.PathLike) -> nn.Module:
-    """Rebuild the model saved in ``directory`` and load its weights (eval mode)."""
+    """Rebuild the model saved in ``directory`` and load its weights (eval mode).
+
+    A folder written by ``minivit export --format safetensors --int8`` (``config.json`` with an ``"int8"``
+    entry, ``model.int8.safetensors``) gives back the dynamic-int8 model
+    (:func:`~minivit.export.load_int8_safetensors`)."""
     cfg = read_config(directory)
+    if isinstance(cfg.get("int8"), dict) and not (Path(directory) / WEIGHTS_NAME).is_file():
+        from ..export.int8 import load_int8_safetensors
+
+        return load_int8_safetensors(directory)
     model = build_from_config(cfg)
     load_state_dict_checked(model, load_weights(Path(directory) / WEIGHTS_NAME), source=str(directory))
     return restore_data_config(model, cfg.get("pretrained_cfg")).eval()
+
+
+def check_float_model(model: nn.Module, source: object, use: str) -> nn.Module:
+    """``model``, unless it is a dynamic-int8 model (from an ``--int8`` safetensors folder), which ``use``
+    (e.g. "a teacher") cannot take: one line naming the fp32 folder to pass instead."""
+    from ..export.torchscript import is_quantized
+
+    if is_quantized(model):
+        raise ConfigError(f"{source} holds an int8 model, which cannot be {use}",
+                          "pass the fp32 model folder it was exported from; int8 folders are for eval and deployment")
+    return model
 
 
 def restore_data_config(model: nn.Module, pretrained_cfg: dict | None) -> nn.Module:
