@@ -277,6 +277,13 @@ def test_run_export_errors_are_clear(model_dir, tmp_path):
         run_export(model_dir, "torchscript", input_size=(1, 2, 3, 4, 5))
     with pytest.raises(ConfigError, match="unknown ONNX exporter"):
         export_onnx(nn.Linear(2, 2), tmp_path / "x.onnx", (1, 2), exporter="tf")
+    broken = minivit.from_pretrained(model_dir)
+    with torch.no_grad():
+        next(broken.parameters())[0].fill_(float("nan"))
+    minivit.save_pretrained(broken, tmp_path / "nan")
+    with pytest.raises(CheckpointError, match="non-finite weights"):  # diverged training: no file that outputs NaN
+        run_export(tmp_path / "nan", "onnx")
+    assert not (tmp_path / "nan" / "export").exists()
 
 
 class Broken(nn.Module):

@@ -91,12 +91,13 @@ def run_export(
     :class:`~minivit.errors.ConfigError` for an unknown format.
     """
     from ..io import WEIGHTS_NAME, check_float_model, from_pretrained
+    from ..io.limits import check_finite
 
     _check_format(fmt, int8)
     if exporter not in EXPORTERS:
         raise ConfigError(f"unknown ONNX exporter {exporter!r}", f"use one of {', '.join(EXPORTERS)}")
     model_dir = Path(model_dir)
-    model = check_float_model(from_pretrained(model_dir), model_dir, "exported again")
+    model = check_finite(check_float_model(from_pretrained(model_dir), model_dir, "exported again"), str(model_dir))
     if fold_deltas:
         model = _folded(model, fmt, int8)
     out = Path(output) if output is not None else default_output(model_dir, fmt, int8)
