@@ -283,7 +283,7 @@ def main(argv=None) -> None:
     log(f"[{time.perf_counter() - t0:6.0f}s] teacher {teacher_m['top1']:.2f} ({teacher_m['bytes']:,} B)")
 
     if a.reuse:
-        results.update(reused_rows(a, {f"{kind}_1/{k}" for kind, k in rows_wanted}))
+        results.update(reused_rows(a, {f"{kind}_1/{k}" for kind, k in rows_wanted}, teacher))
         log(f"reused from {a.reuse}: {', '.join(n for n in results if not n.startswith('teacher'))}")
     runs: dict[str, list] = {}
     for kind, k in rows_wanted:
@@ -325,9 +325,30 @@ SAME_SCHEDULE = ("teacher", "data", "depth", "width", "heads", "mlp_ratio", "pat
                  "distill", "seeds", "train_limit")
 
 
-def reused_rows(a, rerun: set[str]) -> dict[str, dict]:
+def architecture(row: dict, teacher: nn.Module) -> nn.Module:
+    """An untrained model of a row's architecture (from the spec it records), to count its bytes."""
+    if row["kind"] == "teacher":
+        return teacher
+    k = int(row["budget"].split("/")[1])
+    if row["kind"] == "drop":
+        return dropped(teacher, k)
+    return minivit.multiplex(teacher, minivit.MultiplexSpec.from_dict(row["how"]))
+
+
+def recount_bytes(row: dict, teacher: nn.Module) -> dict:
+    """``row`` with its bytes counted again by this version's writer (the top-1 is unchanged: the file layout
+    holds the same numbers); ``bytes_before`` keeps the earlier count when it differs."""
+    model = architecture(row, teacher)
+    nbytes = int8_bytes(model) if row["int8"] else safetensors_bytes(model)
+    if nbytes == row["bytes"]:
+        return row
+    return {**row, "bytes": nbytes, "mb": round(nbytes / 1e6, 4), "bytes_before": row.get("bytes_before", row["bytes"])}
+
+
+def reused_rows(a, rerun: set[str], teacher: nn.Module) -> dict[str, dict]:
     """The student rows of ``a.reuse`` not being run again (``rerun``: names such as ``minivit_1/4``), each marked
-    ``reused_from``; the earlier run must have had the same teacher, data and student schedule."""
+    ``reused_from``, their bytes recounted (:func:`recount_bytes`); the earlier run must have had the same
+    teacher, data and student schedule."""
     try:
         old = json.loads(Path(a.reuse).read_text())
     except (OSError, ValueError) as e:
@@ -335,8 +356,8 @@ def reused_rows(a, rerun: set[str]) -> dict[str, dict]:
     differ = [k for k in SAME_SCHEDULE if old.get("config", {}).get(k) != getattr(a, k)]
     if differ:
         raise SystemExit(f"--reuse {a.reuse}: that run differs in {', '.join(differ)}; rerun those rows instead")
-    return {r["name"]: {**r, "reused_from": r.get("reused_from", str(a.reuse))} for r in old["rows"]
-            if r["name"].removesuffix("_int8") not in rerun and r["kind"] != "teacher"}
+    return {r["name"]: recount_bytes({**r, "reused_from": r.get("reused_from", str(a.reuse))}, teacher)
+            for r in old["rows"] if r["name"].removesuffix("_int8") not in rerun and r["kind"] != "teacher"}
 
 
 def _keep(work: Path, name: str, run: tuple) -> None:
@@ -377,8 +398,13 @@ def _reused_note(rows: list[dict]) -> list[str]:
     names = [r["name"] for r in rows if r.get("reused_from") and not r["int8"]]
     if not reused:
         return []
-    return ["", f"Rows {', '.join(names)} (and their int8 rows) are reused from {', '.join(reused)}: same teacher, "
+    recounted = [r["name"] for r in rows if r.get("reused_from") and r.get("bytes_before")]
+    note = ["", f"Rows {', '.join(names)} (and their int8 rows) are reused from {', '.join(reused)}: same teacher, "
             "data and student schedule; latencies of reused rows were measured in that run."]
+    if recounted:
+        note += ["", f"Bytes of {', '.join(recounted)} are counted again by this version's file writer (the numbers "
+                 "in the file, hence the top-1, are the same; `bytes_before` in the JSON keeps the earlier count)."]
+    return note
 
 
 if __name__ == "__main__":

@@ -249,16 +249,28 @@ def test_int8_safetensors_round_trip_is_exact_and_small(model_dir, tmp_path, per
     assert info["weights_bytes"] == (out / "model.int8.safetensors").stat().st_size == int8_bytes(model, per_channel)
     assert info["weights_bytes"] < 0.5 * safetensors_bytes(model)  # (norms, iRPE tables, head mixing stay fp32)
     assert safetensors_bytes(model) == (model_dir / "model.safetensors").stat().st_size
-    with safe_open(out / "model.int8.safetensors", "pt") as f:
-        qkv = f.get_tensor("blocks.0.shared.attn.qkv.weight")
-        scale = f.get_tensor("blocks.0.shared.attn.qkv.weight_scale")
-    assert qkv.dtype == torch.int8 and scale.shape == ((qkv.shape[0],) if per_channel else ())
+    with safe_open(out / "model.int8.safetensors", "pt") as f:  # same-shaped tensors of the layers stacked
+        assert f.metadata()["packed"] == "1"
+        qkv = f.get_tensor("blocks.#.shared.attn.qkv.weight")  # the 2 groups' shared blocks
+        scale = f.get_tensor("blocks.#.shared.attn.qkv.weight_scale")
+        norms = f.get_tensor("blocks.1.layers.#.norm1.weight")  # the 2 layers of group 1
+    assert qkv.dtype == torch.int8 and qkv.shape == (2, 144, 48)
+    assert scale.shape == ((2, 144) if per_channel else (2,))
+    assert norms.shape == (2, 48) and torch.equal(norms[1], model.state_dict()["blocks.1.layers.1.norm1.weight"])
     loaded = load_int8_safetensors(out)
     reference = quantize_dynamic_int8(model, per_channel=per_channel)
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), reference(x))
     assert loaded.pretrained_cfg["mean"] == model.pretrained_cfg["mean"]
+    # a file written before stacking (one tensor per layer, no "packed" metadata) loads the same
+    from safetensors.torch import load_file, save_file
+
+    from minivit.export.int8 import unpack
+
+    save_file(unpack(load_file(out / "model.int8.safetensors")), out / "model.int8.safetensors", {"format": "pt"})
+    with torch.no_grad():
+        assert torch.equal(load_int8_safetensors(out)(x), reference(x))
     (out / "model.int8.safetensors").write_bytes(b"broken")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_int8_safetensors(out)
@@ -371,3 +383,21 @@ def test_default_onnx_export_of_deltas_is_small_and_folds_when_loaded(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         np.testing.assert_allclose(ort_run(tmp_path / "s.onnx", x), student(x).numpy(), atol=1e-4)
+
+
+def test_int8_packing_stacks_only_complete_same_shaped_runs_and_inverts_exactly():
+    from minivit.export.int8 import pack, unpack
+
+    t = {
+        "a.0.w": torch.ones(2, 3), "a.1.w": torch.zeros(2, 3), "a.2.w": torch.full((2, 3), 2.0),  # stacked
+        "b.0.w": torch.ones(2), "b.1.w": torch.ones(3),  # shapes differ: kept apart
+        "c.0.w": torch.ones(1), "c.2.w": torch.ones(1),  # index 1 missing: kept apart
+        "d.0.w": torch.ones(1),  # alone
+        "e.1.f.0.s": torch.tensor(1.0), "e.1.f.1.s": torch.tensor(2.0),  # the last index is the one stacked
+        "head.weight": torch.ones(4),
+    }  # fmt: skip
+    packed = pack(t)
+    assert set(packed) == {"a.#.w", "b.0.w", "b.1.w", "c.0.w", "c.2.w", "d.0.w", "e.1.f.#.s", "head.weight"}
+    assert packed["a.#.w"].shape == (3, 2, 3) and packed["e.1.f.#.s"].tolist() == [1.0, 2.0]
+    back = unpack(packed)
+    assert set(back) == set(t) and all(torch.equal(back[k], v) for k, v in t.items())
