@@ -87,6 +87,21 @@ def test_a_second_writer_and_a_resume_are_refused_while_a_run_holds_the_folder(c
     assert not (run_dir / LOCK_NAME).exists()
 
 
+def test_analyze_and_demo_refuse_a_folder_another_run_is_writing(capsys, run_dir, tmp_path):
+    out = tmp_path / "analysis"
+    proc = holder_process(out)
+    try:
+        code, _, err = cli(capsys, "analyze", "--teacher", run_dir, "--student", run_dir, "--data", "digits",
+                           "--output", out)  # fmt: skip
+        assert_one_line_error(code, err, f"being written by another minivit run (pid {proc.pid}")
+        code, _, err = cli(capsys, "demo", "--data", "digits", "--output", out)
+        assert_one_line_error(code, err, f"pid {proc.pid}")
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    assert not out.exists(), "nothing written by the refused runs"
+
+
 def test_a_stale_lock_of_a_killed_process_is_taken_over(capsys, tmp_path):
     out = tmp_path / "run"
     proc = holder_process(out)

@@ -677,6 +677,7 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> dict:
     }
 
 
+@locks_output("minivit analyze")
 def run_analyze(teacher: str, student: str, data: str, output, batches: int = 10, batch_size: int = 128) -> str:
     """``minivit analyze``: per-layer CKA plots and a size/speed table; returns a short summary.
 

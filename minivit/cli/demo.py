@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..io import locks_output
 from ..spec import MultiplexSpec
 from ..train.engine import TrainConfig, say
 from .commands import RUN_MARKERS, run_compress, run_eval, run_train, write_json
@@ -77,6 +78,7 @@ def demo_data(data: str | None = None, log=say) -> str:
     return data or ("fashion-mnist" if fetch_fashion_mnist(log=log) else "digits")
 
 
+@locks_output("minivit demo")
 def run_demo(output="runs/demo", data: str | None = None, resume: bool = False, progress: bool = True, log=say):
     start = time.perf_counter()
     data = demo_data(data, log)
