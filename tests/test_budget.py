@@ -7,7 +7,7 @@ import timm
 import torch
 
 import minivit
-from minivit.budget import estimate_bytes, plan, start_error
+from minivit.budget import MEAN_START, estimate_bytes, plan, start_error
 from minivit.errors import ConfigError
 from minivit.measure import tensor_bytes
 
@@ -39,12 +39,12 @@ def test_plan_fits_the_budget_and_picks_the_closest_start(budget):
     student = minivit.multiplex(teacher, picked.spec)
     assert tensor_bytes(student) == picked.bytes <= budget * tensor_bytes(teacher)
     assert picked.spec.share in (1, 2, 3, 6)
-    # no other fitting candidate starts closer to the teacher
+    # no other fitting candidate, with the init the rule gives it, starts closer to the teacher
     best = start_error(teacher, picked.spec.share, picked.spec.delta_rank, picked.spec.init)
     for share in (2, 3, 6):
-        for init in ("first", "mean"):
-            if estimate_bytes(teacher, share, 0) <= budget * tensor_bytes(teacher):
-                assert best <= start_error(teacher, share, 0, init) + 1e-12
+        if estimate_bytes(teacher, share, 0) <= budget * tensor_bytes(teacher):
+            init = "mean" if start_error(teacher, share, 0, "mean") < MEAN_START else "first"
+            assert best <= start_error(teacher, share, 0, init) + 1e-12
     assert "share" in picked.describe() and "of the teacher's" in picked.describe()
 
 
@@ -115,3 +115,19 @@ def test_recipe_keeps_the_other_fields_and_checks_the_share():
     assert picked.spec.separate_norms is False
     with pytest.raises(ConfigError, match="share=4 does not divide"):
         recipe(teacher, 4)
+
+
+def test_init_rule_shares_the_mean_only_where_the_deltas_restore_the_layers():
+    """Without deltas a group shares its first layer (the mean of unrelated layers is a weak blur of them); with
+    deltas that bring every layer within MEAN_START of the teacher's weights, the mean."""
+    from minivit.budget import _init_rule
+
+    assert _init_rule({"first": 1.8, "mean": 0.9}, 12) == "first"
+    assert _init_rule({"first": 0.33, "mean": 0.13}, 12) == "mean"
+    assert _init_rule({"first": 0.0, "mean": 0.0}, 1) == "first"
+    assert _init_rule({"mean": 0.9}, 12) == "mean"  # the one init asked for
+    teacher = small_vit(depth=4)
+    low, high = plan(teacher, 0.3), plan(teacher, 0.9)
+    for picked in (low, high):
+        mean = start_error(teacher, picked.spec.share, picked.spec.delta_rank, "mean")
+        assert picked.spec.init == ("mean" if mean < MEAN_START and picked.spec.share > 1 else "first")
