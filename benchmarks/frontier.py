@@ -372,7 +372,8 @@ def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0:
     for key, label, fname in (("mb", "stored MB", "frontier_bytes.png"), ("latency_ms", "CPU latency, batch 1 (ms)",
                                                                            "frontier_latency.png")):
         front = pareto(rows, key)
-        pts = [(r[key], r["top1"], ("* " if r["name"] in front else "") + r["name"]) for r in rows]
+        pts = [(r[key], r["top1"], ("* " if r["name"] in front else "") + r["name"],
+                r["kind"] + (" int8" if r["int8"] else "")) for r in rows]  # one colour per kind and precision
         plot_scatter_labelled(pts, f"Top-1 vs {label} (Fashion-MNIST; * = Pareto front)", label, "top-1 (%)",
                               out / fname, logx=True)
         plots.append(fname)
