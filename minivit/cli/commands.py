@@ -134,7 +134,9 @@ def parse_model_args(items, option: str = "--model-args") -> dict:
 # --------------------------------------------------------------------------- models and data
 
 
-def load_model(spec: str, model_args: dict | None = None, pretrained: bool = False, use: str | None = None) -> nn.Module:
+def load_model(
+    spec: str, model_args: dict | None = None, pretrained: bool = False, use: str | None = None
+) -> nn.Module:
     """A model from a saved folder, a training checkpoint (``.pt``), a ``.safetensors`` file or a model name.
 
     A saved model gets the data config it records (:func:`~minivit.cli.sources.saved_data_config`); a
