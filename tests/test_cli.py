@@ -380,6 +380,25 @@ def test_resume_of_a_run_recorded_without_the_newer_options(capsys, teacher_dir,
     assert_one_line_error(code, err, "temperature: 1.0 -> 2.0")
 
 
+def test_resume_of_a_run_made_before_recipes_takes_recipe_exact(capsys, teacher_dir, tmp_path):
+    """A compress folder written before --recipe existed was built from its flags as given: it resumes with
+    --recipe exact; resuming it with the default recipe (another student) names the difference."""
+    from minivit.train.state import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "old"
+    base = ["compress", "--teacher", teacher_dir, "--distill", "logits", "--data", "digits", "--output", out,
+            "--epochs", "1", "--recipe", "exact", *FAST]  # fmt: skip
+    assert cli(capsys, *base)[0] == 0
+    last = out / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    del state["config"]["recipe"], state["config"]["asked_share"]  # as written before recipes
+    save_checkpoint(out / "checkpoints", state)
+    code, _, err = cli(capsys, *base[:-len(FAST) - 2], *FAST, "--resume")  # the default recipe
+    assert_one_line_error(code, err, "recipe: 'exact' -> 'frontier'")
+    code, _, err = cli(capsys, *base, "--resume")
+    assert code == 0, err
+
+
 def test_python_keyword_forms_of_the_commands():
     from minivit.cli.commands import RunOptions, compress_configs, run_options, run_train
     from minivit.distill import DistillConfig

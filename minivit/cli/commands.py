@@ -315,6 +315,12 @@ def compress_defaults() -> dict:
     return run_config(TrainConfig(), **MultiplexSpec().to_dict(), **DistillConfig().record())
 
 
+def _before_recipes(asked: dict) -> dict:
+    """What a compress run folder written before ``--recipe`` existed is taken to have used: the flags as given
+    (``exact``), at the share it was asked for; resuming it takes ``--recipe exact``."""
+    return {"recipe": "exact", **({"asked_share": asked["asked_share"]} if "asked_share" in asked else {})}
+
+
 def _loop_options(run: RunOptions, data_config: DataConfig, defaults: dict | None = None) -> dict:
     """The loop's options; a run folder written before data configs were recorded is taken to have used
     the legacy squash (and, with ``--augment``, the default augmentation)."""
@@ -494,7 +500,7 @@ def run_compress(
         )
     train_set = _with_cached_logits(net, train, rc, out, main) if distill.cache_teacher_logits else train
     try:
-        loop = _loop_options(run, data_config, compress_defaults())
+        loop = _loop_options(run, data_config, {**compress_defaults(), **_before_recipes(asked)})
         result = fit(objective, train_set, val, config, out, run_config=rc, **loop)
     finally:
         objective.remove_hooks()
