@@ -273,7 +273,10 @@ def main(argv=None) -> None:
     history = teacher_history(folder)
     crit = converged(history)
     log(f"teacher: history {history}; converged {crit}")
-    logits = cache_teacher_logits(teacher, train, work / "teacher_logits.pt", {"teacher": str(folder), "n": len(train)})
+    logits = None  # the compress defaults distil attention and hidden relations too: the teacher runs every step
+    if DistillConfig(**a.distill).cache_teacher_logits:  # e.g. --distill '{"distill": ["logits"], ...}'
+        key = {"teacher": str(folder), "n": len(train)}
+        logits = cache_teacher_logits(teacher, train, work / "teacher_logits.pt", key)
 
     results: dict[str, dict] = {}
     teacher_m = measure(teacher, val, a)
