@@ -284,7 +284,7 @@ def test_commands_receive_the_config_objects(capsys, monkeypatch):
     assert seen["args"][:3] == ("t", "digits", "o") and isinstance(seen["args"][3], TrainConfig)
     kw = seen["kwargs"]
     assert kw["spec"] == MultiplexSpec(share="all")
-    assert kw["distill"] == DistillConfig(distill="logits", gamma=2.0, cache_teacher_logits=True)
+    assert kw["distill"] == DistillConfig(distill="logits", gamma=2.0, cache_teacher_logits=True, alpha=0.5)  # recipe
 
 
 def test_no_abbreviated_options(capsys):
@@ -439,6 +439,22 @@ def test_compress_recipe_flags(capsys, monkeypatch):
     assert seen["recipe"] == "frontier" and seen["budget"] == 0.3
     code, _, err = cli(capsys, *COMPRESS, "--recipe", "frontier", "--delta-rank", "2")
     assert_one_line_error(code, err, "--delta-rank: the frontier recipe picks these itself")
+    # the frontier recipe distils with hard-label mixing unless --alpha is given; exact keeps the paper's 0
+    assert cli(capsys, *COMPRESS)[0] == 0
+    assert seen["distill"].alpha == 0.5
+    assert cli(capsys, *COMPRESS, "--alpha", "0")[0] == 0
+    assert seen["distill"].alpha == 0.0
+    assert cli(capsys, *COMPRESS, "--recipe", "exact")[0] == 0
+    assert seen["distill"].alpha == 0.0
+
+
+def test_run_compress_applies_the_recipe_distillation_field_by_field():
+    from minivit.cli.commands import recipe_distill
+    from minivit.distill import DistillConfig
+
+    assert recipe_distill(DistillConfig(beta=0), "frontier", set()) == DistillConfig(beta=0, alpha=0.5)
+    assert recipe_distill(DistillConfig(alpha=0.2), "frontier", {"alpha"}).alpha == 0.2
+    assert recipe_distill(DistillConfig(), "exact", set()).alpha == 0.0
 
 
 def test_compress_default_builds_the_frontier_recipe(capsys, teacher_dir, tmp_path):
@@ -454,12 +470,13 @@ def test_compress_default_builds_the_frontier_recipe(capsys, teacher_dir, tmp_pa
     teacher = minivit.from_pretrained(teacher_dir)
     planned = recipe(teacher, 2).spec
     config = json.loads((out / "report.json").read_text())["config"]
-    assert {k: config[k] for k in ("share", "delta_rank", "init", "transforms")} == {
-        "share": planned.share, "delta_rank": planned.delta_rank, "init": planned.init, "transforms": False}
+    assert {k: config[k] for k in ("share", "delta_rank", "init", "transforms", "alpha")} == {
+        "share": planned.share, "delta_rank": planned.delta_rank, "init": planned.init, "transforms": False,
+        "alpha": 0.5}
     code, _, err = cli(capsys, "compress", "--teacher", teacher_dir, "--share", "2", "--recipe", "exact", "--data",
                        "digits", "--epochs", "1", "--output", exact, *FAST)  # fmt: skip
     assert code == 0, err
     config = json.loads((exact / "report.json").read_text())["config"]
-    assert (config["share"], config["delta_rank"], config["transforms"]) == (2, 0, True)
+    assert (config["share"], config["delta_rank"], config["transforms"], config["alpha"]) == (2, 0, True, 0.0)
     student, plain = minivit.from_pretrained(out), minivit.from_pretrained(exact)
     assert tensor_bytes(student) <= tensor_bytes(plain)

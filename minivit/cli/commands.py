@@ -460,9 +460,11 @@ def run_compress(
     block) spent as the accuracy-per-byte benchmark's winner (:func:`minivit.budget.recipe`: share number,
     delta rank, init and the fields of :data:`minivit.budget.RECIPE`); with ``recipe="exact"``, ``spec`` as
     given. ``budget`` (a fraction of the teacher's stored bytes) replaces the share's bytes as the size
-    (:func:`minivit.budget.plan`). ``teacher_checkpoint``: the weights of a teacher given by name (else timm's
-    pretrained ones). ``options`` override fields of ``run``, ``spec`` and ``distill`` (``resume=True``,
-    ``share=4``, ``beta=0``; see :func:`compress_configs`).
+    (:func:`minivit.budget.plan`). The frontier recipe also distils with :data:`minivit.budget.RECIPE_DISTILL`
+    (hard-label mixing), field by field unless the field is among ``options`` or a ``distill`` config is given.
+    ``teacher_checkpoint``: the weights of a teacher given by name (else timm's pretrained ones). ``options``
+    override fields of ``run``, ``spec`` and ``distill`` (``resume=True``, ``share=4``, ``beta=0``; see
+    :func:`compress_configs`).
 
     The teacher is evaluated on the validation split first (``teacher_top1`` in the report), with the
     preprocessing the student inherits from it."""
@@ -472,10 +474,9 @@ def run_compress(
 
     config = (config or TrainConfig()).check()
     run = run_options(run, options)
-    spec, distill = compress_configs(spec, distill, **options)
+    spec, distill, recipe = _compress_recipe(spec, distill, recipe, budget, options)
     check_cacheable(distill, augmented=bool(run.augment or config.mixup or config.cutmix))
     net, data_config, train, val = _teacher_and_data(teacher, teacher_args, teacher_checkpoint, data, run)
-    recipe = resolve_recipe(recipe, budget, set(options))
     asked = {"recipe": recipe, **({"budget": budget} if budget is not None else {"asked_share": spec.share})}
     spec = _planned(net, spec, budget, recipe, run.log)
     torch.manual_seed(config.seed)
@@ -535,6 +536,26 @@ def resolve_recipe(recipe: str | None, budget: float | None, given: set[str]) ->
     if recipe is not None and recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}", f"use one of {', '.join(RECIPES)}")
     return recipe or ("exact" if layout else "frontier")
+
+
+def _compress_recipe(spec, distill, recipe: str | None, budget: float | None, options: dict):
+    """:func:`run_compress`'s spec, distillation and recipe: the configs with ``options``, the recipe resolved,
+    and its distillation where neither ``options`` nor a whole ``DistillConfig`` set those fields."""
+    whole = isinstance(distill, DistillConfig)  # a config given whole is used as it is
+    given = set(options) | (set(distill) if isinstance(distill, dict) else set())
+    spec, distill = compress_configs(spec, distill, **options)
+    recipe = resolve_recipe(recipe, budget, set(options))
+    return spec, (distill if whole else recipe_distill(distill, recipe, given)), recipe
+
+
+def recipe_distill(distill: DistillConfig, recipe: str, given: set[str]) -> DistillConfig:
+    """``distill`` with the fields of :data:`minivit.budget.RECIPE_DISTILL` that are not in ``given``, for the
+    frontier recipe; as it is for ``exact``."""
+    from ..budget import RECIPE_DISTILL
+
+    if recipe != "frontier":
+        return distill
+    return dataclasses.replace(distill, **{k: v for k, v in RECIPE_DISTILL.items() if k not in given})
 
 
 def _planned(net: nn.Module, spec: MultiplexSpec, budget: float | None, recipe: str, log) -> MultiplexSpec:

@@ -94,6 +94,10 @@ def optional_float(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
 
 
+# DistillConfig's fields the compress recipe sets unless given (minivit.budget.RECIPE_DISTILL).
+DISTILL_OPTIONS = {"alpha": {"action": Given}}
+
+
 # How the CLI spells AugmentConfig's fields: timm's train.py flags (--aa, --reprob, --train-interpolation, ...).
 AUGMENT_OPTIONS = {
     "aa": {"metavar": "POLICY"},
@@ -114,7 +118,9 @@ def option_table(cls) -> dict[str, dict]:
             for f in fields(cls)
             if f.name != "extra"
         }
-    extra = AUGMENT_OPTIONS if cls is AugmentConfig else {}
+    from ..distill.config import DistillConfig
+
+    extra = AUGMENT_OPTIONS if cls is AugmentConfig else DISTILL_OPTIONS if cls is DistillConfig else {}
     return {f.name: {**f.metadata, **extra.get(f.name, {})} for f in fields(cls)}
 
 
