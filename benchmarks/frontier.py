@@ -8,8 +8,9 @@ compressed to about 1/2, 1/4, 1/6 and 1/12 of its block bytes by
 * ``naive``    plain sharing (no transforms, shared norms) at the same share number,
 * ``drop``     keeping every k-th block of the teacher,
 
-all initialised from the teacher and distilled the same way for the same number of steps; then every
-student and the teacher are quantised to int8 with the exporter's own dynamic int8
+all initialised from the teacher and distilled the same way (the ``compress`` recipe's distillation: logits
+mixed half and half with the hard labels, attention and hidden-state relations) for the same number of steps;
+then every student and the teacher are quantised to int8 with the exporter's own dynamic int8
 (:func:`minivit.export.quantize_dynamic_int8`) and evaluated again. Bytes are those of the weights file a
 user keeps: ``model.safetensors`` for fp32 (:func:`minivit.export.safetensors_bytes`) and
 ``model.int8.safetensors`` for int8 (``minivit export --format safetensors --int8``,
@@ -46,7 +47,7 @@ from torch import nn
 
 import minivit
 from minivit.analysis import markdown_table, plot_scatter_labelled
-from minivit.budget import plan, recipe
+from minivit.budget import RECIPE_DISTILL, plan, recipe
 from minivit.data import build_dataset
 from minivit.distill import DistillationObjective, DistillConfig
 from minivit.distill.cache import cache_teacher_logits
@@ -233,7 +234,8 @@ def arguments(argv):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=float, default=0.1)
     p.add_argument("--distill", type=json.loads, default=None,
-                   help='DistillConfig fields as JSON (default: the compress defaults), e.g. \'{"beta": 0}\'')
+                   help='DistillConfig fields as JSON, for every kind (default: the compress recipe\'s, '
+                   f'{json.dumps(RECIPE_DISTILL)}), e.g. \'{{"alpha": 0}}\'')
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds for rows within 0.5 points")
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--latency-runs", type=int, default=50)
@@ -244,7 +246,7 @@ def arguments(argv):
     if a.quick:
         a.train_limit, a.student_epochs, a.seeds, a.latency_runs = 3000, 1, a.seeds[:1], 5
     if a.distill is None:
-        a.distill = {}
+        a.distill = dict(RECIPE_DISTILL)  # what compress distils with by default
     return a
 
 
