@@ -95,7 +95,7 @@ def optional_float(text: str) -> float | None:
 
 
 # DistillConfig's fields the compress recipe sets unless given (minivit.budget.RECIPE_DISTILL).
-DISTILL_OPTIONS = {"alpha": {"action": Given}}
+DISTILL_OPTIONS = {"alpha": {"action": Given, "default_text": "0.5 with --recipe frontier, 0 with --recipe exact"}}
 
 
 # How the CLI spells AugmentConfig's fields: timm's train.py flags (--aa, --reprob, --train-interpolation, ...).
@@ -160,7 +160,8 @@ def _argument(default, meta: dict) -> dict:
         return {"action": argparse.BooleanOptionalAction, "default": None, "help": f"{text} (default: automatic)"}
     if "min" in meta:
         kind = int_at_least(meta["min"])
-    out = {"type": kind, "default": default, "help": _with_default(text, default, meta.get("required"))}
+    shown = f"{text} (default {meta['default_text']})" if "default_text" in meta else None
+    out = {"type": kind, "default": default, "help": shown or _with_default(text, default, meta.get("required"))}
     if kind is int or "min" in meta:
         out["metavar"] = "N"
     for key in ("choices", "metavar", "required", "action"):
