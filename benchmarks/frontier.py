@@ -237,12 +237,16 @@ def arguments(argv):
                    help='DistillConfig fields as JSON, for every kind (default: the compress recipe\'s, '
                    f'{json.dumps(RECIPE_DISTILL)}), e.g. \'{{"alpha": 0}}\'')
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds for rows within 0.5 points")
+    p.add_argument("--seed-rows", nargs="+", default=[], metavar="KIND:K",
+                   help="rows that get every seed even when no other row of their budget is within 0.5 points "
+                   "(e.g. the two rows a target's margin compares)")
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--latency-runs", type=int, default=50)
     p.add_argument("--rows", nargs="+", default=[f"{kind}:{k}" for k in BUDGETS for kind in KINDS])
     p.add_argument("--reuse", metavar="FRONTIER.json",
                    help="keep the rows of the kinds not in --rows from this earlier run (same teacher and schedule)")
     a = p.parse_args(argv)
+    a.seed_rows = sorted({f"{kind}_1/{k}" for kind, k in parse_rows(a.seed_rows)})
     if a.quick:
         a.train_limit, a.student_epochs, a.seeds, a.latency_runs = 3000, 1, a.seeds[:1], 5
     if a.distill is None:
@@ -301,7 +305,7 @@ def main(argv=None) -> None:
 
     # second seeds where two rows of one budget are within 0.5 points
     for s in a.seeds[1:]:
-        close = set()
+        close = set(a.seed_rows) & set(runs)
         top1 = {n: r["top1"] for n, r in results.items() if not r["int8"]}
         top1.update({n: rs[0][0]["top1"] for n, rs in runs.items()})
         for k in sorted({k for _, k in rows_wanted} | set(BUDGETS)):
