@@ -167,7 +167,7 @@ def _init_rule(errors: dict[str, float], share: int, rank: int) -> str:
 RECIPE = {"transforms": False}
 """The fields the ``compress`` recipe sets beyond the planner's share, rank and init (see :func:`recipe`)."""
 
-RECIPE_DISTILL = {"alpha": 0.5}
+RECIPE_DISTILL = {"alpha": 0.8}
 """The distillation the ``compress`` recipe uses unless told otherwise: half the soft-label loss replaced by the
 hard-label one. A student initialised from its teacher and taught by its logits alone stays just below it; with
 the labels too it goes past it. On the frontier benchmark's teacher (88.11, 4 epochs, every kind distilled the

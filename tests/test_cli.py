@@ -12,6 +12,7 @@ import pytest
 import torch
 from cli_helpers import assert_one_line_error, cli
 
+from minivit.budget import RECIPE_DISTILL
 from minivit.cli.commands import parse_model_args, parse_value
 from minivit.cli.main import main
 
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MINIVIT = [sys.executable, "-m", "minivit.cli.main"]
 TINY_ARGS = ["img_size=8", "patch_size=2", "depth=2", "embed_dim=32", "num_heads=2", "mlp_ratio=2"]
 FAST = ["--batch-size", "64", "--train-limit", "320", "--val-limit", "100", "--no-progress"]
+RECIPE_ALPHA = RECIPE_DISTILL["alpha"]  # what compress --recipe frontier distils with unless --alpha is given
 
 
 
@@ -284,7 +286,8 @@ def test_commands_receive_the_config_objects(capsys, monkeypatch):
     assert seen["args"][:3] == ("t", "digits", "o") and isinstance(seen["args"][3], TrainConfig)
     kw = seen["kwargs"]
     assert kw["spec"] == MultiplexSpec(share="all")
-    assert kw["distill"] == DistillConfig(distill="logits", gamma=2.0, cache_teacher_logits=True, alpha=0.5)  # recipe
+    recipe = RECIPE_ALPHA  # the recipe's, since --alpha was not given
+    assert kw["distill"] == DistillConfig(distill="logits", gamma=2.0, cache_teacher_logits=True, alpha=recipe)
 
 
 def test_no_abbreviated_options(capsys):
@@ -441,7 +444,7 @@ def test_compress_recipe_flags(capsys, monkeypatch):
     assert_one_line_error(code, err, "--delta-rank: the frontier recipe picks these itself")
     # the frontier recipe distils with hard-label mixing unless --alpha is given; exact keeps the paper's 0
     assert cli(capsys, *COMPRESS)[0] == 0
-    assert seen["distill"].alpha == 0.5
+    assert seen["distill"].alpha == RECIPE_ALPHA
     assert cli(capsys, *COMPRESS, "--alpha", "0")[0] == 0
     assert seen["distill"].alpha == 0.0
     assert cli(capsys, *COMPRESS, "--recipe", "exact")[0] == 0
@@ -452,7 +455,7 @@ def test_run_compress_applies_the_recipe_distillation_field_by_field():
     from minivit.cli.commands import recipe_distill
     from minivit.distill import DistillConfig
 
-    assert recipe_distill(DistillConfig(beta=0), "frontier", set()) == DistillConfig(beta=0, alpha=0.5)
+    assert recipe_distill(DistillConfig(beta=0), "frontier", set()) == DistillConfig(beta=0, alpha=RECIPE_ALPHA)
     assert recipe_distill(DistillConfig(alpha=0.2), "frontier", {"alpha"}).alpha == 0.2
     assert recipe_distill(DistillConfig(), "exact", set()).alpha == 0.0
 
@@ -472,7 +475,7 @@ def test_compress_default_builds_the_frontier_recipe(capsys, teacher_dir, tmp_pa
     config = json.loads((out / "report.json").read_text())["config"]
     assert {k: config[k] for k in ("share", "delta_rank", "init", "transforms", "alpha")} == {
         "share": planned.share, "delta_rank": planned.delta_rank, "init": planned.init, "transforms": False,
-        "alpha": 0.5}
+        "alpha": RECIPE_ALPHA}
     code, _, err = cli(capsys, "compress", "--teacher", teacher_dir, "--share", "2", "--recipe", "exact", "--data",
                        "digits", "--epochs", "1", "--output", exact, *FAST)  # fmt: skip
     assert code == 0, err

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
+from ..budget import RECIPE_DISTILL
 from ..data import AugmentConfig
 from ..data.config import INTERPOLATIONS
 from ..spec import FIELD_HELP, INITS, TRANSFORM_INITS, MultiplexSpec
@@ -95,7 +96,10 @@ def optional_float(text: str) -> float | None:
 
 
 # DistillConfig's fields the compress recipe sets unless given (minivit.budget.RECIPE_DISTILL).
-DISTILL_OPTIONS = {"alpha": {"action": Given, "default_text": "0.5 with --recipe frontier, 0 with --recipe exact"}}
+DISTILL_OPTIONS = {
+    "alpha": {"action": Given,
+              "default_text": f"{RECIPE_DISTILL['alpha']} with --recipe frontier, 0 with --recipe exact"}
+}
 
 
 # How the CLI spells AugmentConfig's fields: timm's train.py flags (--aa, --reprob, --train-interpolation, ...).
