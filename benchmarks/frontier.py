@@ -8,14 +8,16 @@ compressed to about 1/2, 1/4, 1/6 and 1/12 of its block bytes by
 * ``naive``    plain sharing (no transforms, shared norms) at the same share number,
 * ``drop``     keeping every k-th block of the teacher,
 
-all initialised from the teacher and distilled the same way (the ``compress`` recipe's distillation: logits
-mixed half and half with the hard labels, attention and hidden-state relations) for the same number of steps;
+all initialised from the teacher and distilled the same way (the ``compress`` recipe's distillation,
+``minivit.budget.RECIPE_DISTILL``: logits mixed with the hard labels, attention and hidden-state relations)
+for the same number of steps;
 then every student and the teacher are quantised to int8 with the exporter's own dynamic int8
 (:func:`minivit.export.quantize_dynamic_int8`) and evaluated again. Bytes are those of the weights file a
 user keeps: ``model.safetensors`` for fp32 (:func:`minivit.export.safetensors_bytes`) and
 ``model.int8.safetensors`` for int8 (``minivit export --format safetensors --int8``,
 :func:`minivit.export.int8_bytes`), so every model pays the same small per-tensor header. Rows within 0.5
-top-1 points of one another at the same budget get a second seed.
+top-1 points of one another at the same budget get a second seed, and so do the rows of ``--seed-rows``
+(by default the 1/4 rows of minivit and naive sharing, whose int8 forms decide the single-block margin).
 
 Outputs (``--out``, default ``benchmarks/results``): ``frontier.json``, ``frontier.md``,
 ``frontier_bytes.png`` (top-1 vs stored MB) and ``frontier_latency.png`` (top-1 vs CPU latency), each with
@@ -237,9 +239,9 @@ def arguments(argv):
                    help='DistillConfig fields as JSON, for every kind (default: the compress recipe\'s, '
                    f'{json.dumps(RECIPE_DISTILL)}), e.g. \'{{"alpha": 0}}\'')
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds for rows within 0.5 points")
-    p.add_argument("--seed-rows", nargs="+", default=[], metavar="KIND:K",
+    p.add_argument("--seed-rows", nargs="*", default=["minivit:4", "naive:4"], metavar="KIND:K",
                    help="rows that get every seed even when no other row of their budget is within 0.5 points "
-                   "(e.g. the two rows a target's margin compares)")
+                   "(default: the two rows the single-block margin compares; none: --seed-rows)")
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--latency-runs", type=int, default=50)
     p.add_argument("--rows", nargs="+", default=[f"{kind}:{k}" for k in BUDGETS for kind in KINDS])
