@@ -10,10 +10,9 @@ compressed to about 1/2, 1/4, 1/6 and 1/12 of its block bytes by
 
 all initialised from the teacher and distilled the same way (the ``compress`` recipe's distillation,
 ``minivit.budget.RECIPE_DISTILL``: logits mixed with the hard labels, attention and hidden-state relations)
-for the same number of steps;
-then every student and the teacher are quantised to int8 with the exporter's own dynamic int8
-(:func:`minivit.export.quantize_dynamic_int8`) and evaluated again. Bytes are those of the weights file a
-user keeps: ``model.safetensors`` for fp32 (:func:`minivit.export.safetensors_bytes`) and
+for the same number of steps; then every student and the teacher are quantised to int8 with the exporter's
+own dynamic int8 (:func:`minivit.export.quantize_dynamic_int8`) and evaluated again. Bytes are those of the
+weights file a user keeps: ``model.safetensors`` for fp32 (:func:`minivit.export.safetensors_bytes`) and
 ``model.int8.safetensors`` for int8 (``minivit export --format safetensors --int8``,
 :func:`minivit.export.int8_bytes`), so every model pays the same small per-tensor header. Rows within 0.5
 top-1 points of one another at the same budget get a second seed, and so do the rows of ``--seed-rows``

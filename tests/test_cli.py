@@ -286,8 +286,8 @@ def test_commands_receive_the_config_objects(capsys, monkeypatch):
     assert seen["args"][:3] == ("t", "digits", "o") and isinstance(seen["args"][3], TrainConfig)
     kw = seen["kwargs"]
     assert kw["spec"] == MultiplexSpec(share="all")
-    recipe = RECIPE_ALPHA  # the recipe's, since --alpha was not given
-    assert kw["distill"] == DistillConfig(distill="logits", gamma=2.0, cache_teacher_logits=True, alpha=recipe)
+    # alpha is the recipe's, since --alpha was not given
+    assert kw["distill"] == DistillConfig(distill="logits", gamma=2.0, cache_teacher_logits=True, alpha=RECIPE_ALPHA)
 
 
 def test_no_abbreviated_options(capsys):
