@@ -312,3 +312,31 @@ def test_sliced_eager_inference_of_a_vit_equals_its_training_path():
         reference = student.train()(x)
         fast = student.eval()(x)
     assert ((fast - reference).abs().max() / reference.abs().max()).item() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["vit", "swin"])
+def test_inference_path_under_autocast(kind):
+    """Mixed-precision inference (autocast picks each product's dtype): the head-mixed inference path must not
+    write a low-precision product into a float32 buffer, and lands within bf16 rounding of float32."""
+    h, n, d = 3, 9, 8
+    if kind == "swin":
+        nw = 4
+        q, k, v = _qkv(2 * nw, h, n, d, seed=21)
+        kw = dict(pre_w=_mix(h, 1, False)[0], post_w=_mix(h, 2, False)[0], bias=torch.randn(1, h, n, n),
+                  mask=_swin_mask(nw, n))
+    else:
+        q, k, v = _qkv(5, h, n, d, seed=22)
+        kw = dict(pre_w=_mix(h, 1, False)[0], post_w=_mix(h, 2, True)[0])
+    with torch.inference_mode():
+        ref = mixed_attention(q, k, v, d**-0.5, fast=True, **kw)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = mixed_attention(q, k, v, d**-0.5, fast=True, **kw)
+    assert _rel_err(low.float(), ref) <= 3e-2
+
+
+def test_gpu_runs_the_batch_whole():
+    """Cache-sized slices are a CPU measure: on a GPU they would only add kernel launches."""
+    from minivit.core.attention import _sliced
+
+    assert _sliced(torch.device("cpu"))
+    assert not _sliced(torch.device("cuda", 0)) and not _sliced(torch.device("meta"))

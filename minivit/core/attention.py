@@ -19,7 +19,9 @@ and the product with ``v``::
   gradient is being recorded, the mask add and ``Fpost`` write into buffers already allocated and a large
   batch is processed in slices of about 1 MiB of attention (:data:`CHUNK_BYTES`), whose ``q``, ``k``, ``v``
   are copied out of the strided qkv projection slice by slice and which stay in cache through all passes
-  (the fused kernel a teacher calls never materialises the tensor at all).
+  (the fused kernel a teacher calls never materialises the tensor at all). On a GPU the batch runs whole
+  (slices would only add kernel launches), and under autocast no buffer is reused (autocast picks each
+  product's dtype).
   The mask's "do not attend" entries (Swin's ``-100``) become ``-inf``: the attention weights this drops
   are ``exp(-100)``-small, below float32's normal range, and arithmetic on such subnormal numbers is many
   times slower on CPUs. Results agree with the training path to float32 rounding (``tests/test_attention.py``).
@@ -142,8 +144,22 @@ _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch 
 
 
 def _may_reuse() -> bool:
-    """True when intermediate buffers may be overwritten: no autograd, no tracing, compiling or exporting."""
-    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or _is_compiling())
+    """True when intermediate buffers may be overwritten: no autograd, no tracing, compiling or exporting, no
+    autocast (which picks each product's dtype, so a buffer of one dtype cannot take the result of another)."""
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or _is_compiling() or _autocasting())
+
+
+def _autocasting() -> bool:
+    try:
+        return torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
+def _sliced(device: torch.device) -> bool:
+    """Whether eager inference slices a large batch to stay in cache: on CPUs. A GPU runs the whole batch in one
+    product each (slices would only multiply kernel launches)."""
+    return device.type == "cpu"
 
 
 def _constant_logits(h, n, pre_w, pre_b, bias, mask) -> Tensor | None:
@@ -175,7 +191,7 @@ def split_qkv(qkv: Tensor, training: bool) -> tuple[Tensor, Tensor, Tensor]:
     it is used, while it is in cache)."""
     _, b, h, n, _ = qkv.shape
     attn_bytes = h * n * n * qkv.element_size()
-    if training or not _may_reuse() or b <= max(1, CHUNK_BYTES // attn_bytes):
+    if training or not _may_reuse() or not _sliced(qkv.device) or b <= max(1, CHUNK_BYTES // attn_bytes):
         qkv = qkv.contiguous()
     return qkv.unbind(0)
 
@@ -191,7 +207,7 @@ def _inference(q, k, v, scale, pre_w, pre_b, post_w, post_b, bias, mask, rpe_tab
     rows = max(1, CHUNK_BYTES // (h * n * n * q.element_size()))
     if const is not None and const.shape[0] > 1:
         rows = const.shape[0] * max(1, rows // const.shape[0])  # whole images: the mask repeats per image
-    if not reuse or rows >= b:  # (a traced or exported graph stays one piece, batch size free)
+    if not reuse or rows >= b or not _sliced(q.device):  # (a traced or exported graph stays one piece)
         # batched products over strided views of the qkv projection are several times slower than over a copy
         return _inference_rows(q.contiguous(), k.contiguous(), v.contiguous(), *args)
     out = torch.empty(b, h, n, v.shape[-1], dtype=torch.result_type(q, v), device=v.device)
