@@ -349,6 +349,7 @@ def _finish(model, out: Path, result: dict, report: dict, data_config: DataConfi
         best_top1=result["best_top1"],
         epochs=final["epoch"],
         train_time_s=round(sum(r["epoch_time_s"] for r in result["history"]), 2),
+        hardware={k: result[k] for k in ("device", "world_size", "mixed_precision") if k in result},
     )
     if main:
         save_pretrained(model, out, extra={"data_config": data_config.to_json()})

@@ -57,6 +57,13 @@ def processes() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def _device_name(device: torch.device) -> str:
+    """``cpu``, or ``cuda:0 (NVIDIA H100 80GB HBM3)``: where a run trained, for its report."""
+    if device.type != "cuda":
+        return str(device)
+    return f"{device} ({torch.cuda.get_device_name(device)})"
+
+
 def say(message: str) -> None:
     """The default log: a line on stdout, flushed (progress stays visible when stdout is a file)."""
     print(message, flush=True)
@@ -313,6 +320,7 @@ class Loop:
         if mixed != "no" and not torch.cuda.is_available():
             warnings.warn(f"mixed precision {mixed} needs a GPU; training in float32 on CPU", stacklevel=4)
             mixed = "no"
+        self.precision = mixed
         unused = []
         if self.world > 1:
             probe = DataLoader(
@@ -458,6 +466,8 @@ class Loop:
             "final": history[-1] if history else None,
             "best_top1": self.pos.best,
             "world_size": self.world,
+            "device": _device_name(self.device),
+            "mixed_precision": self.precision,
         }
 
     def train_epoch(self, epoch: int) -> None:
