@@ -75,7 +75,7 @@ def test_deit_teacher_and_student_receive_exactly_timms_eval_transform(capsys, t
     files = sorted((data / "train").rglob("*.png")) + sorted((data / "val").rglob("*.png"))
     expected = torch.stack([timm_eval_tensor(f) for f in files])
     # the one all-zero image is the build check's probe forward (minivit.io.limits), not data
-    rows = torch.stack([r for r in torch.cat(model_inputs) if r.any()])
+    rows = torch.stack([r for r in torch.cat([x.cpu() for x in model_inputs]) if r.any()])  # (training may be on a GPU)
     assert rows.shape[1:] == (3, 224, 224)
     matches = [[i for i in range(len(expected)) if torch.equal(r, expected[i])] for r in rows]
     assert all(matches), "a model received a tensor that timm's eval transform does not make"
