@@ -1,6 +1,7 @@
-"""Training throughput of `compress` vs plain training of the same student (CPU, same batch).
+"""Training throughput of `compress` vs plain training of the same student (same device, same batch).
 
     python benchmarks/compress_throughput.py [--steps 30] [--batch-size 128] [--threads 2] [--student paper]
+                                             [--device cpu|cuda] [--mixed-precision no|bf16|fp16]
 
 One optimizer step (forward, backward, AdamW) of a share-2 student (``compress --share 2``'s default recipe,
 ``minivit.budget.recipe``; ``--student paper``: the paper's MiniViT at share 2), timed for:
@@ -16,11 +17,15 @@ The variants run in interleaved rounds so that a busy machine slows them alike; 
 steps are compared. Targets: compress <= 1.6x and cached logits <= 1.15x the plain step time.
 ``--clock cpu`` times the process's CPU time instead of wall-clock time (far less disturbed by other load on
 a shared machine, with ``--threads 1``).
+``--device cuda`` runs every variant on the GPU (each step synchronised before the clock is read);
+``--mixed-precision`` then runs forward and loss under autocast, as ``compress --mixed-precision`` does (fp16 with
+a gradient scaler).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -45,8 +50,31 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument("--student", choices=("recipe", "paper"), default="recipe")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="autocast (GPU only)")
     a = p.parse_args()
-    clock = time.perf_counter if a.clock == "wall" else time.process_time
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no GPU is visible to PyTorch (torch.cuda.is_available() is False)")
+    if a.mixed_precision != "no" and a.device != "cuda":
+        p.error("--mixed-precision needs --device cuda")
+    device = torch.device(a.device)
+    amp = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[a.mixed_precision]
+    scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def autocast():
+        return torch.autocast("cuda", dtype=amp, enabled=amp is not None) if cuda else contextlib.nullcontext()
+
+    base_clock = time.perf_counter if a.clock == "wall" else time.process_time
+
+    def clock() -> float:
+        sync()
+        return base_clock()
+
     if a.threads:
         torch.set_num_threads(a.threads)
     args = PRESETS[a.preset]
@@ -54,9 +82,10 @@ def main() -> None:
     teacher = minivit.create_model("vit_small_patch16_224", num_classes=10, **args).eval()
     spec = recipe(teacher, 2).spec if a.student == "recipe" else minivit.MultiplexSpec(share=2)
     student = minivit.multiplex(teacher, spec)
-    x = torch.randn(a.batch_size, args["in_chans"], args["img_size"], args["img_size"])
-    y = torch.randint(0, 10, (a.batch_size,))
-    with torch.no_grad():
+    teacher, student = teacher.to(device), student.to(device)
+    x = torch.randn(a.batch_size, args["in_chans"], args["img_size"], args["img_size"], device=device)
+    y = torch.randint(0, 10, (a.batch_size,), device=device)
+    with torch.no_grad(), autocast():
         cached = teacher(x)
 
     variants = {  # name: (objective factory, batch); objectives are rebuilt per step so only one holds hooks
@@ -75,7 +104,7 @@ def main() -> None:
         def run() -> float:
             obj = DistillationObjective(student, teacher)  # its hooks capture the teacher's features
             start = clock()
-            with mode():
+            with mode(), autocast():
                 obj.teacher(x)
             elapsed = clock() - start
             obj.remove_hooks()
@@ -90,8 +119,11 @@ def main() -> None:
         for name, (make, batch) in variants.items():
             obj = make()
             start = clock()
-            obj(batch)["loss"].backward()
-            optimizer.step()
+            with autocast():
+                loss = obj(batch)["loss"]
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             if step >= 3:
                 times[name].append(clock() - start)
@@ -102,8 +134,9 @@ def main() -> None:
             if step >= 3:
                 times[name].append(elapsed)
 
-    print(f"preset {a.preset} {args}, batch {a.batch_size}, {torch.get_num_threads()} threads, {a.steps} steps, "
-          f"{a.clock} clock")
+    where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"preset {a.preset} {args}, batch {a.batch_size}, {where}, mixed precision {a.mixed_precision}, "
+          f"{a.steps} steps, {a.clock} clock")
     print(f"student {count_parameters(student):,} params ({a.student} at share 2: {spec}), layer pairs {pairs}")
     base = statistics.median(times["plain"])
     targets = {"compress": 1.6, "cached logits": 1.15}

@@ -1,4 +1,4 @@
-"""CPU inference latency of multiplexed students vs their teachers, eager PyTorch and ONNX Runtime.
+"""Inference latency of multiplexed students vs their teachers: eager PyTorch, torch.compile and ONNX Runtime.
 
 Pairs (random weights; latency does not depend on their values):
 
@@ -26,10 +26,12 @@ are compiled by ``torch.compile`` (inductor, one graph per batch size; what ``mi
 timed the same way. Target: ratio <= 1.10.
 On a machine shared with other work, trust the ratios (paired), not the absolute times, and prefer
 ``--clock cpu --threads 1`` (the process's CPU time hardly depends on other processes).
+``--device cuda`` times the PyTorch rows on the GPU (each call synchronised; ``--amp bf16`` or ``fp16`` runs both
+models under autocast); ONNX rows stay on the CPU.
 
     python benchmarks/latency.py [--quick] [--cases deit_s/2 small/2 small/4 mini_swin_t] [--onnx]
                                  [--compile] [--no-eager] [--batches 1 32] [--threads 1 2] [--reps 20]
-                                 [--clock wall|cpu]
+                                 [--clock wall|cpu] [--device cpu|cuda] [--amp no|bf16|fp16]
 """
 
 from __future__ import annotations
@@ -92,6 +94,17 @@ DEFAULT_CASES = ["deit_s/2", "small/2", "small/4", "mini_swin_t"]
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 CLOCK = {"now": time.perf_counter}
+AMP = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _call(model, x, amp=None):
+    """One forward pass; on a GPU it waits for the kernels, so the clock sees the work and not only its launch."""
+    if x.device.type != "cuda":
+        return model(x)
+    with torch.autocast("cuda", dtype=amp, enabled=amp is not None):
+        out = model(x)
+    torch.cuda.synchronize()
+    return out
 
 
 def paired(run_a, run_b, reps: int, warmup: int = 2) -> tuple[float, float, float]:
@@ -113,18 +126,19 @@ def _reps(reps: int, batch: int) -> int:
     return reps if batch <= 4 else max(3, reps // 4)
 
 
-def torch_rows(teacher, student, shape, batches, threads, reps, engine="eager"):
+def torch_rows(teacher, student, shape, batches, threads, reps, engine="eager", device="cpu", amp=None):
     rows = []
-    teacher, student = teacher.eval(), minivit.fold_deltas(student.eval())  # as `minivit eval` runs it
+    teacher, student = teacher.eval().to(device), minivit.fold_deltas(student.eval()).to(device)  # as `eval` runs it
     if engine == "compiled":
         torch._dynamo.reset()  # fresh caches: compiled code of earlier cases must not count toward the recompile limit
         teacher, student = (torch.compile(m, dynamic=False) for m in (teacher, student))
     for n in threads:
         torch.set_num_threads(n)
         for bs in batches:
-            x = torch.randn(bs, *shape)
+            x = torch.randn(bs, *shape, device=device)
             with torch.inference_mode():
-                ta, tb, ratio = paired(partial(teacher, x), partial(student, x), _reps(reps, bs))
+                run_a, run_b = partial(_call, teacher, x, amp), partial(_call, student, x, amp)
+                ta, tb, ratio = paired(run_a, run_b, _reps(reps, bs))
             rows.append((engine, n, bs, ta, tb, ratio))
     return rows
 
@@ -174,7 +188,13 @@ def main() -> None:
     p.add_argument("--no-eager", action="store_true", help="skip the eager rows (with --onnx or --compile)")
     p.add_argument("--clock", choices=list(CLOCKS), default="wall",
                    help="cpu: the process's CPU time, far less disturbed by other load with 1 thread")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the PyTorch rows run")
+    p.add_argument("--amp", choices=list(AMP), default="no", help="autocast dtype of the PyTorch rows on a GPU")
     a = p.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no GPU is visible to PyTorch (torch.cuda.is_available() is False)")
+    if a.amp != "no" and a.device != "cuda":
+        p.error("--amp needs --device cuda (autocast on the CPU is not what this benchmark measures)")
     CLOCK["now"] = CLOCKS[a.clock]
     quick = dict(cases=["small/2"], batches=[1, 4], threads=[1], reps=5)
     full = dict(cases=DEFAULT_CASES, batches=[1, 32], threads=[1, 2], reps=20)
@@ -182,15 +202,17 @@ def main() -> None:
         if getattr(a, key) is None:
             setattr(a, key, value)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, timm {timm.__version__}, {a.clock} clock; "
+    where = torch.cuda.get_device_name() if a.device == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, timm {timm.__version__}, {where}, amp {a.amp}, {a.clock} clock; "
           "ratio = median over rounds of student / teacher")
     header = ("case", "engine", "thr", "batch", "teacher ms", "student ms", "ratio")
     print("{:15s} {:11s} {:>3s} {:>5s} {:>10s} {:>10s} {:>7s}".format(*header))
     for case in a.cases:
         teacher, student, shape = CASES[case]()
-        rows = [] if a.no_eager else torch_rows(teacher, student, shape, a.batches, a.threads, a.reps)
+        where = dict(device=a.device, amp=AMP[a.amp])
+        rows = [] if a.no_eager else torch_rows(teacher, student, shape, a.batches, a.threads, a.reps, **where)
         if a.compile:
-            rows += torch_rows(teacher, student, shape, a.batches, a.threads, a.reps, engine="compiled")
+            rows += torch_rows(teacher, student, shape, a.batches, a.threads, a.reps, engine="compiled", **where)
         if a.onnx:
             rows += onnx_rows(teacher, student, shape, a.batches, a.threads, a.reps)
         for engine, n, bs, ta, tb, ratio in rows:
