@@ -182,12 +182,27 @@ def test_folded_model_refuses_training_and_plain_models_pass_through():
     assert minivit.fold_deltas(plain) is plain
 
 
-def test_folding_leaves_int8_deltas_alone():
+def test_folding_an_int8_student_runs_one_int8_product_per_map():
+    """An int8 student (the factors stored as int8) folds into requantised per-layer weights: the same
+    arithmetic as an int8 teacher, equal to the factorised int8 model up to one more int8 rounding."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    from minivit.core.delta import QuantizedFoldedDelta
     from minivit.export import quantize_dynamic_int8
 
-    student = minivit.multiplex(tiny_vit(), share=2, delta_rank=2).eval()
-    q = quantize_dynamic_int8(student)
-    folded = minivit.fold_deltas(q)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(folded(x), q(x))
+    student = _trained_a_little(minivit.multiplex(tiny_vit(), share=2, delta_rank=2, init="mean")).eval()
+    x = torch.randn(4, 3, 32, 32)
+    for per_channel in (False, True):
+        q = quantize_dynamic_int8(student, per_channel=per_channel)
+        folded = minivit.fold_deltas(q)
+        forms = [getattr(layer.delta, n) for _, layer in iter_layers(folded) for n in DELTA_NAMES]
+        assert forms and all(type(f) is QuantizedFoldedDelta for f in forms)
+        assert all(type(f.merged) is DynamicQuantizedLinear for f in forms)
+        scheme = forms[0].merged.weight().qscheme()
+        assert (scheme == torch.per_channel_affine) == per_channel
+        with torch.no_grad():
+            ref, fp32 = q(x), student(x)
+            assert rel_err(folded(x), ref) < 0.05 and rel_err(folded(x), fp32) < 0.05
+        assert all(type(layer.delta.qkv) is LowRankDelta for _, layer in iter_layers(q))  # q itself untouched
+        with pytest.raises(minivit.ConfigError, match="folded for inference"):
+            folded.train()

@@ -123,7 +123,17 @@ class _DeltaForm(nn.Module):
         raise NotImplementedError
 
 
-class FoldedDelta(_DeltaForm):
+class _Folded(_DeltaForm):
+    """A form holding weights computed once from the factors: inference only (training would leave it stale)."""
+
+    def train(self, mode: bool = True) -> _Folded:
+        if mode:
+            raise ConfigError("this model's deltas are folded for inference and cannot train",
+                              "train the model you folded, then call minivit.fold_deltas(model) again")
+        return super().train(False)
+
+
+class FoldedDelta(_Folded):
     """A :class:`LowRankDelta` folded into the shared map it corrects, for inference: ``x -> (W + up @ down) x +
     (b + bias)`` in one product. The factors stay (same state-dict keys as the delta); the folded ``weight`` and
     ``bias`` are non-persistent buffers computed once, when folding. Inference only: training mode is refused,
@@ -138,12 +148,6 @@ class FoldedDelta(_DeltaForm):
         self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=False)
         self.training = False
 
-    def train(self, mode: bool = True) -> FoldedDelta:
-        if mode:
-            raise ConfigError("this model's deltas are folded for inference and cannot train",
-                              "train the model you folded, then call minivit.fold_deltas(model) again")
-        return super().train(False)
-
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
 
@@ -152,6 +156,38 @@ class FoldedDelta(_DeltaForm):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, folded"
+
+
+class QuantizedFoldedDelta(_Folded):
+    """:class:`FoldedDelta` for a dynamically quantised (int8) model: the stored int8 factors and shared weight
+    are dequantised, summed into the layer's full weight ``W + up @ down``, and that weight is quantised again
+    (per output channel where the shared weight was), so the layer runs one int8 product per map, as an int8
+    teacher does, instead of three. Differs from running the factors as stored by one more int8 rounding of
+    the weight. Inference only, like :class:`FoldedDelta`; the factors stay (same state-dict keys as the
+    delta), and ``merged`` holds the requantised map."""
+
+    def __init__(self, shared: nn.Module, delta: LowRankDelta):
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
+        super().__init__(delta)
+        w_shared, w_up, w_down = (m.weight().dequantize() for m in (shared, delta.up_proj, delta.down_proj))
+        full = nn.Linear(w_shared.shape[1], w_shared.shape[0], bias=shared.bias() is not None)
+        with torch.no_grad():
+            full.weight.copy_(w_shared + w_up @ w_down)
+            if full.bias is not None:
+                offset = delta.up_proj.bias()
+                full.bias.copy_(shared.bias() + (0 if offset is None else offset))
+        per_channel = shared.weight().qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+        full.qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+        self.merged = DynamicQuantizedLinear.from_float(full)
+        self.training = False
+
+    def apply_to(self, shared: nn.Module, x: Tensor) -> Tensor:
+        return self.merged(x)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, folded and requantised to int8"
 
 
 class GraphMergedDelta(_DeltaForm):
@@ -169,9 +205,9 @@ class GraphMergedDelta(_DeltaForm):
         return f"rank={self.rank}, merged in the graph"
 
 
-def _replace_deltas(model: nn.Module, make) -> nn.Module:
-    """A copy of ``model`` with each float :class:`LowRankDelta` replaced by ``make(shared_linear, delta)``;
-    ``model`` itself when it has none."""
+def _replace_deltas(model: nn.Module, make, int8=None) -> nn.Module:
+    """A copy of ``model`` with each float :class:`LowRankDelta` replaced by ``make(shared_linear, delta)``, and
+    each dynamically quantised one by ``int8(shared, delta)`` if given; ``model`` itself when it has none."""
     from .multiplex import iter_layers
 
     if not any(getattr(layer, "delta", None) is not None for _, layer in iter_layers(model)):
@@ -183,9 +219,19 @@ def _replace_deltas(model: nn.Module, make) -> nn.Module:
         maps = block_linears(shared)
         for name in DELTA_NAMES:
             delta, base = getattr(layer.delta, name), maps[name]
-            if type(delta) is LowRankDelta and type(base) is nn.Linear and type(delta.up_proj) is nn.Linear:
+            if type(delta) is not LowRankDelta:
+                continue
+            if type(base) is nn.Linear and type(delta.up_proj) is nn.Linear:
                 setattr(layer.delta, name, make(base, delta))
+            elif int8 is not None and all(_dynamic_int8(m) for m in (base, delta.up_proj, delta.down_proj)):
+                setattr(layer.delta, name, int8(base, delta))
     return out
+
+
+def _dynamic_int8(module: nn.Module) -> bool:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    return type(module) is DynamicQuantizedLinear and module.weight().dtype == torch.qint8
 
 
 def merge_in_graph(model: nn.Module) -> nn.Module:
@@ -197,10 +243,12 @@ def merge_in_graph(model: nn.Module) -> nn.Module:
 def fold_deltas(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` whose low-rank deltas are folded into full per-layer weights
     (:class:`FoldedDelta`): each corrected map is one ``F.linear``, so a relaxed-sharing student runs at the
-    cost of a plain one. Outputs equal ``model``'s to float rounding. ``model`` itself is untouched; a model
-    without (float) deltas is returned as it is. Use the copy for predictions and latency, and keep ``model``
-    for saving, training and export (where the deltas stay factorised)."""
-    return _replace_deltas(model, FoldedDelta)
+    cost of a plain one. Outputs equal ``model``'s to float rounding. An int8 model (dynamic quantisation, as
+    ``export --int8`` writes it) is folded the same way and its full weights quantised again
+    (:class:`QuantizedFoldedDelta`): one int8 product per map, outputs equal to int8 rounding. ``model``
+    itself is untouched; a model without deltas is returned as it is. Use the copy for predictions and
+    latency, and keep ``model`` for saving, training and export (where the deltas stay factorised)."""
+    return _replace_deltas(model, FoldedDelta, QuantizedFoldedDelta)
 
 
 def layer_deltas(shared: nn.Module, block: nn.Module, rank: int) -> LayerDeltas | None:
