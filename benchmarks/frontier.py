@@ -11,8 +11,11 @@ compressed to about 1/2, 1/4, 1/6 and 1/12 of its block bytes by
 all initialised from the teacher and distilled the same way (the ``compress`` recipe's distillation,
 ``minivit.budget.RECIPE_DISTILL``: logits mixed with the hard labels, attention and hidden-state relations)
 for the same number of steps; then every student and the teacher are quantised to int8 with the exporter's
-own dynamic int8 (:func:`minivit.export.quantize_dynamic_int8`) and evaluated again. Bytes are those of the
-weights file a user keeps: ``model.safetensors`` for fp32 (:func:`minivit.export.safetensors_bytes`) and
+own dynamic int8 (:func:`minivit.export.quantize_dynamic_int8`) and evaluated again. Every model is measured
+(top-1 and latency) as ``minivit eval`` runs it: relaxed-sharing deltas folded into per-layer weights
+(:func:`minivit.fold_deltas`; in int8, folded and quantised again). Latency is timed at the end, for all
+models in turn over several rounds, so that a slow spell of the machine slows every row alike. Bytes are
+those of the weights file a user keeps: ``model.safetensors`` for fp32 (:func:`minivit.export.safetensors_bytes`) and
 ``model.int8.safetensors`` for int8 (``minivit export --format safetensors --int8``,
 :func:`minivit.export.int8_bytes`), so every model pays the same small per-tensor header. Rows within 0.5
 top-1 points of one another at the same budget get a second seed, and so do the rows of ``--seed-rows``
@@ -27,6 +30,8 @@ its Pareto front marked.
     python benchmarks/frontier.py --rows minivit:4 naive:4 drop:4 --student-epochs 2   # some rows only
     python benchmarks/frontier.py --rows minivit:2 minivit:4 minivit:12 --reuse benchmarks/results/frontier.json
                                                        # rerun these rows, keep the others of that run
+    python benchmarks/frontier.py --remeasure --reuse benchmarks/results/frontier.json --work runs/frontier/work
+                                                       # measure that run's saved students again, no training
 
 PyTorch's CPU threads slow down many times when another busy process shares the cores: run it alone.
 """
@@ -145,12 +150,30 @@ def train_student(kind, k, seed, teacher, train, val, logits, a, work: Path, log
 
 
 def measure(model: nn.Module, val, a) -> dict:
+    """Top-1 of ``model`` as ``minivit eval`` runs it (deltas folded) and the bytes of its file; ``runner``, the
+    model as run, waits for :func:`time_models`."""
     model.eval()
+    runner = minivit.fold_deltas(model)
     return {
-        "top1": evaluate(model, val, batch_size=512)["top1"],
+        "top1": evaluate(runner, val, batch_size=512)["top1"],
         "bytes": int8_bytes(model) if is_quantized(model) else safetensors_bytes(model),
-        "latency_ms": latency_ms(minivit.fold_deltas(model), (1, 1, 28, 28), runs=a.latency_runs),
+        "runner": runner,
     }
+
+
+def time_models(measures: list[dict], a) -> None:
+    """Fill in each measurement's ``latency_ms``: the batch-1 CPU latency of its model, timed in
+    ``--latency-rounds`` rounds that visit every model in turn (the median of ``--latency-runs`` calls each),
+    then the median over rounds. A slow spell of a shared machine slows every model alike, instead of the rows
+    that happened to be measured during it."""
+    todo = [m for m in measures if "runner" in m]
+    times: dict[int, list[float]] = {id(m): [] for m in todo}
+    for _ in range(a.latency_rounds):
+        for m in todo:
+            times[id(m)].append(latency_ms(m["runner"], (1, 1, 28, 28), runs=a.latency_runs, warmup=2))
+    for m in todo:
+        m["latency_ms"] = statistics.median(times[id(m)])
+        del m["runner"]
 
 
 def row_record(name: str, kind: str, k, int8: bool, runs: list[dict], extra: dict) -> dict:
@@ -242,14 +265,20 @@ def arguments(argv):
                    help="rows that get every seed even when no other row of their budget is within 0.5 points "
                    "(default: the two rows the single-block margin compares; none: --seed-rows)")
     p.add_argument("--train-limit", type=int, default=None)
-    p.add_argument("--latency-runs", type=int, default=50)
+    p.add_argument("--latency-runs", type=int, default=20, help="calls per model and round (median)")
+    p.add_argument("--latency-rounds", type=int, default=5, help="rounds over all models (median of the rounds)")
     p.add_argument("--rows", nargs="+", default=[f"{kind}:{k}" for k in BUDGETS for kind in KINDS])
     p.add_argument("--reuse", metavar="FRONTIER.json",
                    help="keep the rows of the kinds not in --rows from this earlier run (same teacher and schedule)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="train nothing: load the students of the --reuse run from their checkpoints in --work and "
+                   "measure every row again (e.g. after a change to how models are evaluated)")
     a = p.parse_args(argv)
+    if a.remeasure and not (a.reuse and a.work):
+        p.error("--remeasure needs --reuse (the run's FRONTIER.json) and --work (its students' folder)")
     a.seed_rows = sorted({f"{kind}_1/{k}" for kind, k in parse_rows(a.seed_rows)})
     if a.quick:
-        a.train_limit, a.student_epochs, a.seeds, a.latency_runs = 3000, 1, a.seeds[:1], 5
+        a.train_limit, a.student_epochs, a.seeds, a.latency_runs, a.latency_rounds = 3000, 1, a.seeds[:1], 5, 1
     if a.distill is None:
         a.distill = dict(RECIPE_DISTILL)  # what compress distils with by default
     return a
@@ -286,12 +315,29 @@ def main(argv=None) -> None:
         logits = cache_teacher_logits(teacher, train, work / "teacher_logits.pt", key)
 
     results: dict[str, dict] = {}
-    teacher_m = measure(teacher, val, a)
-    results["teacher"] = row_record("teacher", "teacher", None, False, [teacher_m], {"history": history})
-    q = quantize_dynamic_int8(teacher)
-    results["teacher_int8"] = row_record("teacher_int8", "teacher", None, True, [measure(q, val, a)], {})
+    teacher_m, teacher_q = measure(teacher, val, a), measure(quantize_dynamic_int8(teacher), val, a)
     log(f"[{time.perf_counter() - t0:6.0f}s] teacher {teacher_m['top1']:.2f} ({teacher_m['bytes']:,} B)")
 
+    if a.remeasure:
+        runs = remeasured(a, teacher, val, work, log)
+    else:
+        runs = trained(a, rows_wanted, results, teacher, train, val, logits, work, log, t0)
+    log(f"[{time.perf_counter() - t0:6.0f}s] timing every model at batch 1 ({a.latency_rounds} rounds)")
+    time_models([teacher_m, teacher_q, *(m for rs in runs.values() for r in rs for m in r[:2])], a)
+    results["teacher"] = row_record("teacher", "teacher", None, False, [teacher_m], {"history": history})
+    results["teacher_int8"] = row_record("teacher_int8", "teacher", None, True, [teacher_q], {})
+    for name, rs in runs.items():
+        kind, k = name.split("_1/")[0], int(name.split("_1/")[1])
+        extra = {"how": rs[0][2]["how"], "train_s": rs[0][2]["train_s"]}
+        results[name] = row_record(name, kind, k, False, [r[0] for r in rs], extra)
+        results[name + "_int8"] = row_record(name + "_int8", kind, k, True, [r[1] for r in rs], extra)
+    name = write_results(results, checks(results, results["teacher"]["top1"]), crit, a, out, t0, argv)
+    log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; wrote {out / name}.json")
+
+
+def trained(a, rows_wanted, results, teacher, train, val, logits, work: Path, log, t0: float) -> dict[str, list]:
+    """Train and measure the students of ``rows_wanted`` (second seeds where rows are close); rows of ``--reuse``
+    go into ``results``."""
     if a.reuse:
         results.update(reused_rows(a, {f"{kind}_1/{k}" for kind, k in rows_wanted}, teacher))
         log(f"reused from {a.reuse}: {', '.join(n for n in results if not n.startswith('teacher'))}")
@@ -321,14 +367,34 @@ def main(argv=None) -> None:
             runs[name].append((measure(student, val, a), measure(quantize_dynamic_int8(student), val, a), info))
             _keep(work, name, runs[name][-1])
             log(f"[{time.perf_counter() - t0:6.0f}s] {name} seed {s}: {runs[name][-1][0]['top1']:.2f}")
+    return runs
 
-    for name, rs in runs.items():
-        kind, k = name.split("_1/")[0], int(name.split("_1/")[1])
-        extra = {"how": rs[0][2]["how"], "train_s": rs[0][2]["train_s"]}
-        results[name] = row_record(name, kind, k, False, [r[0] for r in rs], extra)
-        results[name + "_int8"] = row_record(name + "_int8", kind, k, True, [r[1] for r in rs], extra)
-    name = write_results(results, checks(results, results["teacher"]["top1"]), crit, a, out, t0, argv)
-    log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; wrote {out / name}.json")
+
+def remeasured(a, teacher, val, work: Path, log) -> dict[str, list]:
+    """The students of the run ``--reuse`` names, loaded from their checkpoints in ``--work`` (the state after
+    their last epoch) and measured again with this version's :func:`measure`: no training. Rows and seeds are
+    that run's."""
+    old = earlier_run(a, "--remeasure")
+    a.trained_by = {"command": old["command"], "total_seconds": old.get("total_seconds")}
+    runs: dict[str, list] = {}
+    for row in old["rows"]:
+        if row["kind"] == "teacher" or row["int8"]:
+            continue
+        kind, k = row["kind"], int(row["budget"].split("/")[1])
+        runs[row["name"]] = []
+        for seed in a.seeds[: len(row["top1_seeds"])]:
+            path = work / f"{kind}_{k}_seed{seed}" / "checkpoints" / "last.pt"
+            if not path.is_file():
+                raise SystemExit(f"--remeasure: {path} is missing (the students must be in --work)")
+            student, _ = make_student(kind, k, teacher)
+            state = torch.load(path, map_location="cpu", weights_only=True)["objective"]
+            student.load_state_dict({n[len("model."):]: v for n, v in state.items() if n.startswith("model.")})
+            student.eval()
+            info = {"how": row["how"], "train_s": row["train_s"]}
+            runs[row["name"]].append((measure(student, val, a), measure(quantize_dynamic_int8(student), val, a), info))
+            log(f"{row['name']} seed {seed}: {runs[row['name']][-1][0]['top1']:.2f} "
+                f"int8 {runs[row['name']][-1][1]['top1']:.2f} (was {row['top1_seeds']})")
+    return runs
 
 
 SAME_SCHEDULE = ("teacher", "data", "depth", "width", "heads", "mlp_ratio", "patch", "student_epochs", "lr", "warmup",
@@ -355,17 +421,23 @@ def recount_bytes(row: dict, teacher: nn.Module) -> dict:
     return {**row, "bytes": nbytes, "mb": round(nbytes / 1e6, 4), "bytes_before": row.get("bytes_before", row["bytes"])}
 
 
+def earlier_run(a, flag: str) -> dict:
+    """The JSON of the run ``--reuse`` names; it must have had this run's teacher, data and student schedule."""
+    try:
+        old = json.loads(Path(a.reuse).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{flag} {a.reuse}: cannot read it ({e})") from None
+    differ = [k for k in SAME_SCHEDULE if old.get("config", {}).get(k) != getattr(a, k)]
+    if differ:
+        raise SystemExit(f"{flag} {a.reuse}: that run differs in {', '.join(differ)}; rerun those rows instead")
+    return old
+
+
 def reused_rows(a, rerun: set[str], teacher: nn.Module) -> dict[str, dict]:
     """The student rows of ``a.reuse`` not being run again (``rerun``: names such as ``minivit_1/4``), each marked
     ``reused_from``, their bytes recounted (:func:`recount_bytes`); the earlier run must have had the same
     teacher, data and student schedule."""
-    try:
-        old = json.loads(Path(a.reuse).read_text())
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--reuse {a.reuse}: cannot read it ({e})") from None
-    differ = [k for k in SAME_SCHEDULE if old.get("config", {}).get(k) != getattr(a, k)]
-    if differ:
-        raise SystemExit(f"--reuse {a.reuse}: that run differs in {', '.join(differ)}; rerun those rows instead")
+    old = earlier_run(a, "--reuse")
     return {r["name"]: recount_bytes({**r, "reused_from": r.get("reused_from", str(a.reuse))}, teacher)
             for r in old["rows"] if r["name"].removesuffix("_int8") not in rerun and r["kind"] != "teacher"}
 
@@ -373,7 +445,8 @@ def reused_rows(a, rerun: set[str], teacher: nn.Module) -> dict[str, dict]:
 def _keep(work: Path, name: str, run: tuple) -> None:
     """Append a finished student's measurements to ``work/rows.jsonl``."""
     with open(work / "rows.jsonl", "a") as f:
-        f.write(json.dumps({"name": name, "fp32": run[0], "int8": run[1], "info": run[2]}, default=str) + "\n")
+        record = {"name": name, "fp32": run[0], "int8": run[1], "info": run[2]}
+        f.write(json.dumps(record, default=lambda o: None if isinstance(o, nn.Module) else str(o)) + "\n")
 
 
 def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0: float, argv) -> str:
@@ -390,18 +463,30 @@ def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0:
     total = time.perf_counter() - t0
     command = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])])
     result = {"rows": rows, "targets": held, "teacher_converged": crit, "command": command,
-              "config": {k: v for k, v in vars(a).items()}, "total_seconds": round(total, 1),
+              "config": {k: v for k, v in vars(a).items() if k != "trained_by"}, "total_seconds": round(total, 1),
+              **({"trained_by": a.trained_by} if getattr(a, "trained_by", None) else {}),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "plots": plots}
     name = "frontier_quick" if a.quick else "frontier"
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     cols = ["name", "budget", "int8", "top1", "top1_std", "mb", "latency_ms"]
     md = [f"# Accuracy per byte on Fashion-MNIST ({'quick' if a.quick else 'full'} run)", "",
           f"Command: `{command}`  ", f"Total time: {total / 60:.1f} min on {torch.get_num_threads()} threads  ",
-          f"Teacher convergence (best of last 2 epochs vs before, < 0.1 point): {crit}", *_reused_note(rows), "",
+          f"Teacher convergence (best of last 2 epochs vs before, < 0.1 point): {crit}", *_reused_note(rows),
+          *_remeasured_note(a), "",
           markdown_table(sorted(rows, key=lambda r: -r["bytes"]), cols), "", "## Targets", "",
           markdown_table(held) if held else "(no minivit rows to check)", ""] + [f"![{p}]({p})" for p in plots]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     return name
+
+
+def _remeasured_note(a) -> list[str]:
+    trained = getattr(a, "trained_by", None)
+    if not trained:
+        return []
+    took = f" in {trained['total_seconds'] / 60:.1f} min" if trained.get("total_seconds") else ""
+    return ["", f"No student was trained in this run: every row is measured again from the students that "
+            f"`{trained['command']}` trained{took} (their checkpoints after the last epoch), so top-1, bytes "
+            "and latency are this version's measurement of those models."]
 
 
 def _reused_note(rows: list[dict]) -> list[str]:
