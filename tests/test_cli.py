@@ -290,8 +290,11 @@ def test_commands_receive_the_config_objects(capsys, monkeypatch):
     assert seen["args"][:3] == ("t", "digits", "o") and isinstance(seen["args"][3], TrainConfig)
     kw = seen["kwargs"]
     assert kw["spec"] == MultiplexSpec(share="all")
-    # alpha is the recipe's, since --alpha was not given
-    assert kw["distill"] == DistillConfig(distill="logits", gamma=2.0, cache_teacher_logits=True, alpha=RECIPE_ALPHA)
+    assert kw["distill"] == DistillConfig(distill="logits", gamma=2.0, cache_teacher_logits=True)
+    # the typed flags the recipe would set go along, so run_compress knows alpha was not chosen (the recipe's)
+    assert "alpha" not in kw["given"] and kw["recipe"] is None and kw["budget"] is None
+    cli(capsys, *COMPRESS, "--alpha", "0.3", "--delta-rank", "2")
+    assert {"alpha", "delta_rank"} <= seen["kwargs"]["given"]
 
 
 def test_no_abbreviated_options(capsys):
@@ -429,12 +432,14 @@ def test_compress_recipe_flags(capsys, monkeypatch):
     from minivit.spec import MultiplexSpec
 
     seen = {}
+    resolve = commands._compress_recipe
 
-    def fake(*args, **kwargs):
-        seen.update(kwargs)
+    def resolved(spec, distill, recipe, budget, options, given):  # what run_compress builds, then stop
+        seen["spec"], seen["distill"], seen["recipe"] = resolve(spec, distill, recipe, budget, options, given)
+        seen["budget"] = budget
         raise SystemExit(0)
 
-    monkeypatch.setattr(commands, "run_compress", fake)
+    monkeypatch.setattr(commands, "_compress_recipe", resolved)
     assert cli(capsys, *COMPRESS, "--share", "4")[0] == 0
     assert seen["recipe"] == "frontier" and seen["spec"] == MultiplexSpec(share=4)
     assert cli(capsys, *COMPRESS, "--share", "4", "--delta-rank", "0")[0] == 0  # a layout flag: built as given
@@ -462,6 +467,27 @@ def test_run_compress_applies_the_recipe_distillation_field_by_field():
     assert recipe_distill(DistillConfig(beta=0), "frontier", set()) == DistillConfig(beta=0, alpha=RECIPE_ALPHA)
     assert recipe_distill(DistillConfig(alpha=0.2), "frontier", {"alpha"}).alpha == 0.2
     assert recipe_distill(DistillConfig(), "exact", set()).alpha == 0.0
+
+
+def test_run_compress_given_marks_the_fields_a_caller_chose():
+    """A whole DistillConfig is used as it is; with ``given`` (the CLI's typed flags) its other fields are
+    defaults the recipe fills in."""
+    from minivit.cli.commands import _compress_recipe
+    from minivit.distill import DistillConfig
+    from minivit.errors import ConfigError
+    from minivit.spec import MultiplexSpec
+
+    spec, distill, recipe = _compress_recipe(MultiplexSpec(), DistillConfig(), None, None, {}, None)
+    assert (recipe, distill.alpha) == ("frontier", 0.0)  # whole: kept
+    spec, distill, recipe = _compress_recipe(MultiplexSpec(), DistillConfig(), None, None, {}, set())
+    assert (recipe, distill.alpha) == ("frontier", RECIPE_ALPHA)  # nothing typed: the recipe's
+    spec, distill, recipe = _compress_recipe(MultiplexSpec(), DistillConfig(alpha=0.3), None, None, {}, {"alpha"})
+    assert distill.alpha == 0.3
+    spec, distill, recipe = _compress_recipe(MultiplexSpec(delta_rank=2), DistillConfig(), None, None, {},
+                                             {"delta_rank"})  # fmt: skip
+    assert (recipe, distill.alpha) == ("exact", 0.0)  # a layout flag: built as given, the paper's loss
+    with pytest.raises(ConfigError, match="picks these itself"):
+        _compress_recipe(MultiplexSpec(delta_rank=2), DistillConfig(), "frontier", None, {}, {"delta_rank"})
 
 
 def test_compress_default_builds_the_frontier_recipe(capsys, teacher_dir, tmp_path):

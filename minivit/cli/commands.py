@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -452,20 +452,23 @@ def run_compress(
     teacher_checkpoint=None,
     budget: float | None = None,
     recipe: str | None = None,
+    given: Collection[str] | None = None,
     **options,
 ) -> dict:
     """Multiplex ``teacher``, distil it as ``distill`` says, train as ``config`` says; returns the report.
 
     What is built: with ``recipe="frontier"`` (the default, unless ``delta_rank`` or ``init`` is among
-    ``options``: then ``"exact"``) the bytes of ``spec.share`` (``"all"``: one shared
-    block) spent as the accuracy-per-byte benchmark's winner (:func:`minivit.budget.recipe`: share number,
-    delta rank, init and the fields of :data:`minivit.budget.RECIPE`); with ``recipe="exact"``, ``spec`` as
-    given. ``budget`` (a fraction of the teacher's stored bytes) replaces the share's bytes as the size
-    (:func:`minivit.budget.plan`). The frontier recipe also distils with :data:`minivit.budget.RECIPE_DISTILL`
-    (hard-label mixing), field by field unless the field is among ``options`` or a ``distill`` config is given.
-    ``teacher_checkpoint``: the weights of a teacher given by name (else timm's pretrained ones). ``options``
-    override fields of ``run``, ``spec`` and ``distill`` (``resume=True``, ``share=4``, ``beta=0``; see
-    :func:`compress_configs`).
+    ``options`` or ``given``: then ``"exact"``) the bytes of ``spec.share`` (``"all"``: one shared block) spent
+    as the accuracy-per-byte benchmark's winner (:func:`minivit.budget.recipe`: share number, delta rank, init
+    and the fields of :data:`minivit.budget.RECIPE`); with ``recipe="exact"``, ``spec`` as given. ``budget`` (a
+    fraction of the teacher's stored bytes) replaces the share's bytes as the size (:func:`minivit.budget.plan`).
+    The frontier recipe also distils with :data:`minivit.budget.RECIPE_DISTILL` (hard-label mixing), field by
+    field unless the field is among ``options`` or ``given``, or a ``distill`` config is given whole.
+    ``given``: the names of the ``spec`` and ``distill`` fields the caller chose (``minivit compress`` passes
+    the typed flags among those the recipe sets: ``--alpha``, ``--delta-rank``, ``--init``); the recipe then
+    fills in the other fields, even of a whole ``DistillConfig``. ``teacher_checkpoint``: the weights of a
+    teacher given by name (else timm's pretrained ones). ``options`` override fields of ``run``, ``spec`` and
+    ``distill`` (``resume=True``, ``share=4``, ``beta=0``; see :func:`compress_configs`).
 
     The teacher is evaluated on the validation split first (``teacher_top1`` in the report), with the
     preprocessing the student inherits from it."""
@@ -475,7 +478,7 @@ def run_compress(
 
     config = (config or TrainConfig()).check()
     run = run_options(run, options)
-    spec, distill, recipe = _compress_recipe(spec, distill, recipe, budget, options)
+    spec, distill, recipe = _compress_recipe(spec, distill, recipe, budget, options, given)
     check_cacheable(distill, augmented=bool(run.augment or config.mixup or config.cutmix))
     net, data_config, train, val = _teacher_and_data(teacher, teacher_args, teacher_checkpoint, data, run)
     asked = {"recipe": recipe, **({"budget": budget} if budget is not None else {"asked_share": spec.share})}
@@ -509,15 +512,7 @@ def run_compress(
     report = {"command": "compress", "data": str(data), "classes": train.classes, "config": rc, "teacher": info}
     report = _finish(student, out, result, report, data_config, main)
     if main:
-        report["teacher_top1"] = info["top1"]
-        report["compression"] = {
-            "params_ratio": round(info["params"] / report["model"]["params"], 3),
-            "top1_drop": round(info["top1"] - report["val"]["top1"], 3),
-        }
-        report["setup_time_s"] = round(time.perf_counter() - t0 - report["train_time_s"], 2)
-        write_json(out / "report.json", report)
-        if run.log is not None:
-            run.log("\n" + comparison_table(report))
+        _compared(report, info, out, time.perf_counter() - t0, run.log)
     return report
 
 
@@ -539,14 +534,28 @@ def resolve_recipe(recipe: str | None, budget: float | None, given: set[str]) ->
     return recipe or ("exact" if layout else "frontier")
 
 
-def _compress_recipe(spec, distill, recipe: str | None, budget: float | None, options: dict):
+def _compared(report: dict, info: dict, out: Path, seconds: float, log) -> None:
+    """Add the teacher's figures and the compression ratios to a compress run's report, rewrite it, show both."""
+    report["teacher_top1"] = info["top1"]
+    report["compression"] = {
+        "params_ratio": round(info["params"] / report["model"]["params"], 3),
+        "top1_drop": round(info["top1"] - report["val"]["top1"], 3),
+    }
+    report["setup_time_s"] = round(seconds - report["train_time_s"], 2)
+    write_json(out / "report.json", report)
+    if log is not None:
+        log("\n" + comparison_table(report))
+
+
+def _compress_recipe(spec, distill, recipe: str | None, budget: float | None, options: dict, given):
     """:func:`run_compress`'s spec, distillation and recipe: the configs with ``options``, the recipe resolved,
-    and its distillation where neither ``options`` nor a whole ``DistillConfig`` set those fields."""
-    whole = isinstance(distill, DistillConfig)  # a config given whole is used as it is
-    given = set(options) | (set(distill) if isinstance(distill, dict) else set())
+    and its distillation where neither ``options``, ``given`` nor a whole ``DistillConfig`` set those fields."""
+    whole = isinstance(distill, DistillConfig) and given is None  # a config given whole is used as it is
+    chosen = set(options) | set(given or ())
+    distill_keys = set(distill) if isinstance(distill, dict) else set()
     spec, distill = compress_configs(spec, distill, **options)
-    recipe = resolve_recipe(recipe, budget, set(options))
-    return spec, (distill if whole else recipe_distill(distill, recipe, given)), recipe
+    recipe = resolve_recipe(recipe, budget, chosen)
+    return spec, (distill if whole else recipe_distill(distill, recipe, chosen | distill_keys)), recipe
 
 
 def recipe_distill(distill: DistillConfig, recipe: str, given: set[str]) -> DistillConfig:

@@ -333,20 +333,19 @@ def _compress(a) -> None:
     from ..train.engine import TrainConfig
     from . import commands
 
-    given = getattr(a, "given", None) or set()
-    recipe = commands.resolve_recipe(a.recipe, a.budget, given)
     report = commands.run_compress(
         a.teacher,
         a.data,
         a.output,
         from_args(TrainConfig, a),
         spec=from_args(MultiplexSpec, a),
-        distill=commands.recipe_distill(from_args(DistillConfig, a), recipe, given),
+        distill=from_args(DistillConfig, a),
         teacher_args=commands.parse_model_args(a.teacher_args, "--teacher-args"),
         run=_run_options(a),
         teacher_checkpoint=a.teacher_checkpoint,
         budget=a.budget,
-        recipe=recipe,
+        recipe=a.recipe,
+        given=getattr(a, "given", None) or set(),  # the flags typed: the recipe fills in the others
     )
     _print_main(report)
 
