@@ -355,6 +355,25 @@ def test_fold_deltas_export_runs_full_weights_and_is_checked(tmp_path):
     assert not (tmp_path / "st").exists()
 
 
+def test_int8_torchscript_with_folded_deltas_runs_one_int8_product_per_map(tmp_path):
+    """``--format torchscript --int8 --fold-deltas``: quantised, then folded (int8 factors and shared weight
+    summed and quantised again per layer); close to the factorised int8 file and to the float student."""
+    student = perturbed(minivit.multiplex(tiny_vit(depth=4), share=4, delta_rank=2, transforms=False))
+    d = tmp_path / "relaxed"
+    minivit.save_pretrained(student, d)
+    plain = run_export(d, "torchscript", tmp_path / "plain.pt", int8=True)
+    folded = run_export(d, "torchscript", tmp_path / "folded.pt", int8=True, fold_deltas=True)
+    x = torch.randn(2, 3, 32, 32)
+    runs = [torch.jit.load(str(tmp_path / f)) for f in ("plain.pt", "folded.pt")]
+    with torch.no_grad():
+        ref, outs = student(x), [m(x) for m in runs]
+    assert all((o - ref).abs().max() <= 0.1 * ref.abs().max() for o in outs)  # int8 of a tiny random model
+    assert folded["max_abs_diff_vs_fp32"] <= 0.1 * float(ref.abs().max())
+    products = [str(m.inlined_graph).count("linear_dynamic") for m in runs]
+    assert products[1] == products[0] - 2 * 4 * 4  # two delta products fewer per map, 4 maps x 4 layers
+    assert folded["bytes"] > plain["bytes"]  # each layer's maps stored in full (int8)
+
+
 def _saved_plain(tmp_path, teacher):
     d = tmp_path / "plain_model"
     minivit.save_pretrained(minivit.multiplex(teacher, share=2), d)

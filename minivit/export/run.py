@@ -78,9 +78,11 @@ def run_export(
         opset, dynamic_batch, exporter: ONNX options (see :func:`~minivit.export.export_onnx`).
         verify: compare the written file with the PyTorch model (onnxruntime / reloaded TorchScript).
         per_channel: per-output-channel int8 scales.
-        fold_deltas: ONNX and fp32 TorchScript: export the inference copy whose relaxed-sharing deltas are
+        fold_deltas: ONNX and TorchScript: export the inference copy whose relaxed-sharing deltas are
             folded into full per-layer weights (:func:`minivit.fold_deltas`): each layer's corrected maps are
-            stored in full (about the teacher's bytes for them), for runtimes that do not fold constants.
+            stored in full (about the teacher's bytes for them), for runtimes that do not fold constants. With
+            ``int8`` TorchScript the model is quantised first and then folded (the int8 factors and shared
+            weight summed and quantised again per layer), so it runs one int8 product per map.
             Default: the file keeps the factors; fp32 ONNX writes their merge into the graph, which
             onnxruntime folds when it loads the model (one product per map), TorchScript runs the factors.
 
@@ -98,8 +100,10 @@ def run_export(
         raise ConfigError(f"unknown ONNX exporter {exporter!r}", f"use one of {', '.join(EXPORTERS)}")
     model_dir = Path(model_dir)
     model = check_finite(check_float_model(from_pretrained(model_dir), model_dir, "exported again"), str(model_dir))
+    fold_int8 = fold_deltas and fmt == "torchscript" and int8  # folded after quantising (int8 weights per layer)
     if fold_deltas:
-        model = _folded(model, fmt, int8)
+        folded = _folded(model, fmt)
+        model = model if fold_int8 else folded
     out = Path(output) if output is not None else default_output(model_dir, fmt, int8)
     if fmt != "safetensors" and out.is_dir():
         out = out / DEFAULT_NAMES[(fmt, int8)]
@@ -108,7 +112,7 @@ def run_export(
         onnx_kw = dict(opset=opset, dynamic_batch=dynamic_batch, verify=verify, exporter=exporter)
         summary = _export_onnx(model, out, size, int8, per_channel, onnx_kw)
     elif fmt == "torchscript":
-        summary = _export_torchscript(model, out, size, int8, per_channel, verify)
+        summary = _export_torchscript(model, out, size, int8, per_channel, verify, fold_int8)
     else:
         summary = export_safetensors(model, out, int8=int8, per_channel=per_channel)
     source = (model_dir / WEIGHTS_NAME).stat().st_size
@@ -127,11 +131,11 @@ def run_export(
     return summary
 
 
-def _folded(model, fmt: str, int8: bool):
+def _folded(model, fmt: str):
     from ..core.delta import fold_deltas
 
-    if fmt == "safetensors" or (fmt == "torchscript" and int8):
-        raise ConfigError(f"--fold-deltas applies to onnx and fp32 torchscript, not {fmt}{' --int8' if int8 else ''}",
+    if fmt == "safetensors":
+        raise ConfigError("--fold-deltas applies to onnx and torchscript, not safetensors",
                           "drop --fold-deltas (safetensors keeps the factors) or use --format onnx")
     folded = fold_deltas(model)
     if folded is model:
@@ -151,10 +155,15 @@ def _export_onnx(model, out: Path, size, int8: bool, per_channel: bool, kw: dict
     return export_onnx(model, out, size, **kw)
 
 
-def _export_torchscript(model, out: Path, size, int8: bool, per_channel: bool, verify: bool) -> dict[str, Any]:
+def _export_torchscript(model, out: Path, size, int8: bool, per_channel: bool, verify: bool,
+                        fold: bool = False) -> dict[str, Any]:
     if not int8:
         return export_torchscript(model, out, size, verify=verify)
     qmodel = quantize_dynamic_int8(model, per_channel=per_channel)
+    if fold:  # each layer's int8 factors and shared weight summed and quantised again: one int8 product per map
+        from ..core.delta import fold_deltas
+
+        qmodel = fold_deltas(qmodel)
     summary = export_torchscript(qmodel, out, size, verify=verify)
     summary.update(state_dict_bytes=state_dict_bytes(qmodel), fp32_state_dict_bytes=state_dict_bytes(model))
     if verify:
@@ -195,9 +204,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--per-channel", action="store_true", help="int8: one scale per output channel")
     parser.add_argument(
         "--fold-deltas", action="store_true",
-        help="onnx / torchscript: store relaxed-sharing deltas folded into full per-layer weights (a larger "
-        "file, for runtimes that do not fold constants); default: the factors (fp32 ONNX writes their merge, "
-        "which onnxruntime folds at load)",
+        help="onnx / torchscript (with --int8 too): store relaxed-sharing deltas folded into full per-layer weights "
+        "(a larger file, for runtimes that do not fold constants); default: the factors (fp32 ONNX writes their "
+        "merge, which onnxruntime folds at load)",
     )  # fmt: skip
     return parser
 
