@@ -205,12 +205,19 @@ class GraphMergedDelta(_DeltaForm):
         return f"rank={self.rank}, merged in the graph"
 
 
+def has_deltas(model: nn.Module) -> bool:
+    """Whether any layer of ``model`` has relaxed-sharing deltas."""
+    from .multiplex import iter_layers
+
+    return any(getattr(layer, "delta", None) is not None for _, layer in iter_layers(model))
+
+
 def _replace_deltas(model: nn.Module, make, int8=None) -> nn.Module:
     """A copy of ``model`` with each float :class:`LowRankDelta` replaced by ``make(shared_linear, delta)``, and
     each dynamically quantised one by ``int8(shared, delta)`` if given; ``model`` itself when it has none."""
     from .multiplex import iter_layers
 
-    if not any(getattr(layer, "delta", None) is not None for _, layer in iter_layers(model)):
+    if not has_deltas(model):
         return model
     out = copy.deepcopy(model).eval()
     for shared, layer in iter_layers(out):

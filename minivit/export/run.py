@@ -102,8 +102,8 @@ def run_export(
     model = check_finite(check_float_model(from_pretrained(model_dir), model_dir, "exported again"), str(model_dir))
     fold_int8 = fold_deltas and fmt == "torchscript" and int8  # folded after quantising (int8 weights per layer)
     if fold_deltas:
-        folded = _folded(model, fmt)
-        model = model if fold_int8 else folded
+        _check_foldable(model, fmt)
+        model = model if fold_int8 else _fold(model)
     out = Path(output) if output is not None else default_output(model_dir, fmt, int8)
     if fmt != "safetensors" and out.is_dir():
         out = out / DEFAULT_NAMES[(fmt, int8)]
@@ -131,16 +131,20 @@ def run_export(
     return summary
 
 
-def _folded(model, fmt: str):
-    from ..core.delta import fold_deltas
+def _check_foldable(model, fmt: str) -> None:
+    from ..core.delta import has_deltas
 
     if fmt == "safetensors":
         raise ConfigError("--fold-deltas applies to onnx and torchscript, not safetensors",
                           "drop --fold-deltas (safetensors keeps the factors) or use --format onnx")
-    folded = fold_deltas(model)
-    if folded is model:
+    if not has_deltas(model):
         raise ConfigError("--fold-deltas: this model has no relaxed-sharing deltas to fold", "drop --fold-deltas")
-    return folded
+
+
+def _fold(model):
+    from ..core.delta import fold_deltas
+
+    return fold_deltas(model)
 
 
 def _export_onnx(model, out: Path, size, int8: bool, per_channel: bool, kw: dict[str, Any]) -> dict[str, Any]:
@@ -161,9 +165,7 @@ def _export_torchscript(model, out: Path, size, int8: bool, per_channel: bool, v
         return export_torchscript(model, out, size, verify=verify)
     qmodel = quantize_dynamic_int8(model, per_channel=per_channel)
     if fold:  # each layer's int8 factors and shared weight summed and quantised again: one int8 product per map
-        from ..core.delta import fold_deltas
-
-        qmodel = fold_deltas(qmodel)
+        qmodel = _fold(qmodel)
     summary = export_torchscript(qmodel, out, size, verify=verify)
     summary.update(state_dict_bytes=state_dict_bytes(qmodel), fp32_state_dict_bytes=state_dict_bytes(model))
     if verify:
