@@ -12,6 +12,7 @@ tiny ViT teacher as ``benchmarks/ddp_check.py``. What it checks, each as a row t
   weights are float32 (autocast changes the arithmetic, not the stored model), ``minivit eval`` of the saved
   folder on the CPU agrees with the run's last validation top-1, and the mixed-precision runs land within a few
   points of the fp32 run;
+* ``minivit eval --device cuda`` of the fp32 run, against the CPU's top-1;
 * ``--cache-teacher-logits`` with bf16 (the cache is computed on the GPU);
 * resume: a bf16 run killed after its second epoch, then ``--resume``, against the uninterrupted bf16 run;
 * ``torchrun --nproc_per_node 1``: the process group is NCCL on ``cuda:0`` and the DDP run's top-1 is that of
@@ -83,8 +84,8 @@ def stored_dtypes(folder: Path) -> set[str]:
         return {str(f.get_slice(k).get_dtype()) for k in f.keys()}
 
 
-def evaluate(folder: Path) -> float:
-    _, out = cli("eval", "--model", str(folder), "--data", "digits", "--json")
+def evaluate(folder: Path, device: str = "cpu") -> float:
+    _, out = cli("eval", "--model", str(folder), "--data", "digits", "--json", "--device", device)
     return json.loads(out[out.index("{") :])["top1"]
 
 
@@ -148,6 +149,10 @@ def main() -> None:
         check(f"compress --mixed-precision {mp}", finite and dtypes == {"F32"} and abs(ev - m["val_top1"]) <= 1.0,
               f"val top-1 {m['val_top1']:.2f} (eval on CPU {ev:.2f}), stored {sorted(dtypes)}, losses finite "
               f"{finite}, {t:.1f} s")  # fmt: skip
+    if gpu and "precision" in a.only:
+        on_gpu, on_cpu = evaluate(work / "mp_no", "cuda"), evaluate(work / "mp_no")
+        check("eval --device cuda", abs(on_gpu - on_cpu) <= 0.5,
+              f"top-1 {on_gpu:.2f} on the GPU, {on_cpu:.2f} on the CPU")
     for mp in ("bf16", "fp16") if "precision" in a.only else ():
         gap = top1[mp] - top1["no"]
         check(f"{mp} top-1 near fp32", abs(gap) <= 3.0, f"{top1[mp]:.2f} vs {top1['no']:.2f} ({gap:+.2f})")

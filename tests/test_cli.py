@@ -82,6 +82,18 @@ def test_train_compress_eval_end_to_end(capsys, teacher_dir, tmp_path):
     assert code == 0, err
     r = json.loads(stdout)
     assert r["top1"] == pytest.approx(report["val"]["top1"]) and r["params"] == report["model"]["params"]
+    assert r["device"] == "cpu"
+    if torch.cuda.is_available():  # the same figures from the GPU
+        code, stdout, err = cli(capsys, "eval", "--model", out, "--data", "digits", "--val-limit", "100", "--json",
+                                "--device", "cuda")  # fmt: skip
+        assert code == 0, err
+        g = json.loads(stdout)
+        assert g["device"].startswith("cuda") and abs(g["top1"] - r["top1"]) <= 1.0 and g["params"] == r["params"]
+    else:
+        code, _, err = cli(capsys, "eval", "--model", out, "--data", "digits", "--device", "cuda")
+        assert_one_line_error(code, err, "no GPU is visible")
+    code, _, err = cli(capsys, "eval", "--model", out, "--data", "digits", "--device", "mps")
+    assert_one_line_error(code, err, "only cpu and cuda")
     # a training checkpoint works as a teacher / model too
     code, stdout, err = cli(capsys, "eval", "--model", teacher_dir / "checkpoints" / "best.pt", "--data", "digits")
     assert code == 0 and "top-1" in stdout, err

@@ -656,6 +656,7 @@ def run_eval(
     predictions=None,
     num_workers: int = 0,
     compile: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Top-1/top-5 on the validation split, unique parameters, MB and single-image latency.
 
@@ -663,16 +664,23 @@ def run_eval(
     row per validation image (``path,label,pred,pred_name,prob``). ``compile``: run the model compiled by
     ``torch.compile`` (inductor fuses a student's head-mixed attention into few kernels; compiling takes
     about a minute first), for the predictions and the latency alike. Relaxed-sharing deltas are folded into
-    per-layer weights for both (:func:`minivit.fold_deltas`); sizes are the saved model's."""
+    per-layer weights for both (:func:`minivit.fold_deltas`); sizes are the saved model's. ``device``: where the
+    model runs (``cpu``, ``cuda``, ``cuda:1``), predictions and latency alike; int8 models run on the CPU."""
     from ..data import build_dataset, prediction_rows, write_predictions
 
+    where = _eval_device(device)
     net = check_finite(load_model(model, pretrained=True), str(model)).eval()
+    from ..export import is_quantized
+
+    if where.type != "cpu" and is_quantized(net):
+        raise ConfigError(f"{model} is an int8 model, which runs on the CPU only", "drop --device")
     data_config = resolve_data_config(net)
     val = build_dataset(data, "val", data_config=data_config, limit=val_limit)
     if len(val) == 0:
         raise ConfigError(f"dataset {data!r} has an empty val split")
     check_classes(net, val)
     runner = fold_deltas(net)  # relaxed sharing: one product per map (the saved model keeps its factors)
+    runner = runner.to(where)
     runner = compiled(runner, val[0][0][None]) if compile else runner
     logits, targets = predict(runner, val, batch_size, num_workers)
     if predictions is not None:
@@ -684,11 +692,24 @@ def run_eval(
         **accuracy(logits, targets),
         **describe(net, data_config.input_size, latency_runs, runner=runner),
         "compiled": bool(compile),
+        "device": str(where),
         "img_size": list(data_config.img_size),
         "in_chans": data_config.in_chans,
         "data_config": data_config.to_json(),
         **({"predictions": str(predictions)} if predictions is not None else {}),
     }
+
+
+def _eval_device(device: str) -> torch.device:
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}", "use cpu, cuda or cuda:N") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no GPU is visible to PyTorch", "use --device cpu")
+    if where.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: only cpu and cuda are supported", "use cpu, cuda or cuda:N")
+    return where
 
 
 @torch.no_grad()

@@ -199,6 +199,7 @@ def _eval_arguments(p) -> None:
         "--predictions", metavar="FILE.csv",
         help="write one row per validation image: path, label, pred (class index), pred_name, prob",
     )  # fmt: skip
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda or cuda:N")
     p.add_argument(
         "--compile", action="store_true",
         help="run the model compiled by torch.compile (faster on large validation sets; about a minute to compile)",
@@ -355,7 +356,7 @@ def _eval(a) -> None:
 
     r = commands.run_eval(
         a.model, a.data, a.batch_size, a.val_limit, predictions=a.predictions, num_workers=a.num_workers,
-        compile=a.compile,
+        compile=a.compile, device=a.device,
     )
     if a.json:
         print(json.dumps(r, indent=2))
