@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from ..core.delta import fold_deltas as fold
+from ..core.delta import has_deltas
 from ..errors import ConfigError
 from ..measure import normalize_input_size, to_mb
 from ._io import EXPORTERS, random_input
@@ -103,7 +105,7 @@ def run_export(
     fold_int8 = fold_deltas and fmt == "torchscript" and int8  # folded after quantising (int8 weights per layer)
     if fold_deltas:
         _check_foldable(model, fmt)
-        model = model if fold_int8 else _fold(model)
+        model = model if fold_int8 else fold(model)
     out = Path(output) if output is not None else default_output(model_dir, fmt, int8)
     if fmt != "safetensors" and out.is_dir():
         out = out / DEFAULT_NAMES[(fmt, int8)]
@@ -132,19 +134,11 @@ def run_export(
 
 
 def _check_foldable(model, fmt: str) -> None:
-    from ..core.delta import has_deltas
-
     if fmt == "safetensors":
         raise ConfigError("--fold-deltas applies to onnx and torchscript, not safetensors",
                           "drop --fold-deltas (safetensors keeps the factors) or use --format onnx")
     if not has_deltas(model):
         raise ConfigError("--fold-deltas: this model has no relaxed-sharing deltas to fold", "drop --fold-deltas")
-
-
-def _fold(model):
-    from ..core.delta import fold_deltas
-
-    return fold_deltas(model)
 
 
 def _export_onnx(model, out: Path, size, int8: bool, per_channel: bool, kw: dict[str, Any]) -> dict[str, Any]:
@@ -160,12 +154,12 @@ def _export_onnx(model, out: Path, size, int8: bool, per_channel: bool, kw: dict
 
 
 def _export_torchscript(model, out: Path, size, int8: bool, per_channel: bool, verify: bool,
-                        fold: bool = False) -> dict[str, Any]:
+                        fold_int8: bool = False) -> dict[str, Any]:
     if not int8:
         return export_torchscript(model, out, size, verify=verify)
     qmodel = quantize_dynamic_int8(model, per_channel=per_channel)
-    if fold:  # each layer's int8 factors and shared weight summed and quantised again: one int8 product per map
-        qmodel = _fold(qmodel)
+    if fold_int8:  # each layer's int8 factors and shared weight summed and quantised again: one int8 product per map
+        qmodel = fold(qmodel)
     summary = export_torchscript(qmodel, out, size, verify=verify)
     summary.update(state_dict_bytes=state_dict_bytes(qmodel), fp32_state_dict_bytes=state_dict_bytes(model))
     if verify:

@@ -58,7 +58,7 @@ def processes() -> PartialState:
 
 
 def _device_name(device: torch.device) -> str:
-    """``cpu``, or ``cuda:0 (NVIDIA H100 80GB HBM3)``: where a run trained, for its report."""
+    """``cpu``, or the device and the GPU's name (``cuda (NVIDIA H200)``): where a run trained, for its report."""
     if device.type != "cuda":
         return str(device)
     return f"{device} ({torch.cuda.get_device_name(device)})"
