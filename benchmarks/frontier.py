@@ -1,7 +1,7 @@
 """Accuracy per byte: minivit against what a user would do instead, at the same budget (Fashion-MNIST, CPU).
 
-One teacher (a 12-block ViT, trained on all 60k images with augmentation until it stops improving) is
-compressed to about 1/2, 1/4, 1/6 and 1/12 of its block bytes by
+One teacher (a 12-block ViT, trained on all 60k images with augmentation, then for the students' number of
+epochs on their data and schedule, until it stops improving) is compressed to about 1/2, 1/4, 1/6 and 1/12 of its block bytes by
 
 * ``minivit``  the ``compress`` defaults at share k (``minivit.budget.recipe``: the bytes of share k spent on
   relaxed sharing, share number, delta rank and init picked from the teacher's weights, no head mixing),
@@ -73,21 +73,48 @@ def teacher_args(a) -> dict:
                 num_heads=a.heads, mlp_ratio=a.mlp_ratio)
 
 
+def student_schedule(a, epochs: int, seed: int) -> TrainConfig:
+    """The students' optimiser and schedule (``--lr``, ``--warmup``), for ``epochs`` epochs."""
+    return TrainConfig(epochs=epochs, batch_size=128, lr=a.lr, min_lr=1e-5, warmup_epochs=a.warmup,
+                       weight_decay=0.05, seed=seed, progress=False)
+
+
 def train_teacher(a, train, val, folder: Path, log) -> nn.Module:
-    """Train the teacher with augmentation until the last ``patience`` epochs gain < ``min_gain`` points."""
-    teacher = minivit.create_model("vit_tiny_patch16_224", **teacher_args(a))
-    train_aug = build_dataset(a.data, "train", 28, 1, True, limit=a.train_limit)
-    cfg = TrainConfig(epochs=a.teacher_epochs, batch_size=128, lr=2e-3, warmup_epochs=1.0, seed=0, progress=False)
-    fit(minivit.distill.SupervisedObjective(teacher), train_aug, val, cfg, folder, log=log)
+    """Train the teacher in two stages.
+
+    1. ``--teacher-epochs`` on the augmented training set, from scratch (in ``folder/augmented``, reused when
+       it is there);
+    2. ``--teacher-refine-epochs`` (default: ``--student-epochs``) on the students' data with the students'
+       schedule and the labels alone.
+
+    Every student starts from this teacher and trains ``--student-epochs`` more; the second stage gives the
+    teacher that training too, so that a student's lead over its teacher is not extra training alone."""
+    first = folder / "augmented"
+    if (first / "model.safetensors").is_file():
+        teacher = minivit.from_pretrained(first)
+        log(f"teacher stage 1 reused from {first}")
+    else:
+        teacher = minivit.create_model("vit_tiny_patch16_224", **teacher_args(a))
+        train_aug = build_dataset(a.data, "train", 28, 1, True, limit=a.train_limit)
+        cfg = TrainConfig(epochs=a.teacher_epochs, batch_size=128, lr=2e-3, warmup_epochs=1.0, seed=0,
+                          progress=False)
+        fit(minivit.distill.SupervisedObjective(teacher), train_aug, val, cfg, first, log=log)
+        minivit.save_pretrained(teacher, first)
+    if a.teacher_refine_epochs:
+        fit(minivit.distill.SupervisedObjective(teacher), train, val,
+            student_schedule(a, a.teacher_refine_epochs, seed=0), folder, log=log)
     minivit.save_pretrained(teacher, folder)
     return teacher
 
 
 def teacher_history(folder: Path) -> list[float]:
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line).get("val_top1") for line in path.read_text().splitlines() if line.strip()]
+    """Validation top-1 after each of the teacher's epochs, both stages in order (a teacher folder of one
+    stage has its ``metrics.jsonl`` at the top)."""
+    history = []
+    for path in (folder / "augmented" / "metrics.jsonl", folder / "metrics.jsonl"):
+        if path.is_file():
+            history += [json.loads(line).get("val_top1") for line in path.read_text().splitlines() if line.strip()]
+    return history
 
 
 def converged(history: list[float], patience: int = 2, min_gain: float = 0.1) -> dict:
@@ -139,8 +166,7 @@ def train_student(kind, k, seed, teacher, train, val, logits, a, work: Path, log
     distill = DistillConfig(**a.distill)
     train_set = WithTeacherLogits(train, logits) if distill.cache_teacher_logits else train
     objective = DistillationObjective(student, copy.deepcopy(teacher), distill)
-    cfg = TrainConfig(epochs=a.student_epochs, batch_size=128, lr=a.lr, min_lr=1e-5, warmup_epochs=a.warmup,
-                      weight_decay=0.05, seed=seed, progress=False)
+    cfg = student_schedule(a, a.student_epochs, seed)
     start = time.perf_counter()
     fit(objective, train_set, val, cfg, work / f"{kind}_{k}_seed{seed}", log=log)
     objective.remove_hooks()
@@ -248,7 +274,10 @@ def arguments(argv):
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--work", default=None, help="folder for the student runs (default: a temp folder)")
     p.add_argument("--teacher", default="runs/frontier/teacher", help="trained teacher folder (reused, or made)")
-    p.add_argument("--teacher-epochs", type=int, default=15)
+    p.add_argument("--teacher-epochs", type=int, default=15, help="teacher stage 1: epochs on augmented images")
+    p.add_argument("--teacher-refine-epochs", type=int, default=None,
+                   help="teacher stage 2: epochs with the students' data and schedule, labels only "
+                   "(default: --student-epochs; 0: none)")
     p.add_argument("--depth", type=int, default=12)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
@@ -279,6 +308,8 @@ def arguments(argv):
     a.seed_rows = sorted({f"{kind}_1/{k}" for kind, k in parse_rows(a.seed_rows)})
     if a.quick:
         a.train_limit, a.student_epochs, a.seeds, a.latency_runs, a.latency_rounds = 3000, 1, a.seeds[:1], 5, 1
+    if a.teacher_refine_epochs is None:
+        a.teacher_refine_epochs = a.student_epochs
     if a.distill is None:
         a.distill = dict(RECIPE_DISTILL)  # what compress distils with by default
     return a
