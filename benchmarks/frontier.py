@@ -1,7 +1,8 @@
 """Accuracy per byte: minivit against what a user would do instead, at the same budget (Fashion-MNIST, CPU).
 
-One teacher (a 12-block ViT, trained on all 60k images with augmentation, then for the students' number of
-epochs on their data and schedule, until it stops improving) is compressed to about 1/2, 1/4, 1/6 and 1/12 of its block bytes by
+One teacher (a 12-block ViT, trained on all 60k images with augmentation, then in rounds of the students'
+schedule until a round no longer improves it) is compressed to about 1/2, 1/4, 1/6 and 1/12 of its block
+bytes by
 
 * ``minivit``  the ``compress`` defaults at share k (``minivit.budget.recipe``: the bytes of share k spent on
   relaxed sharing, share number, delta rank and init picked from the teacher's weights, no head mixing),
@@ -80,49 +81,80 @@ def student_schedule(a, epochs: int, seed: int) -> TrainConfig:
 
 
 def train_teacher(a, train, val, folder: Path, log) -> nn.Module:
-    """Train the teacher in two stages.
+    """Train the teacher until more training no longer improves it.
 
-    1. ``--teacher-epochs`` on the augmented training set, from scratch (in ``folder/augmented``, reused when
-       it is there);
-    2. ``--teacher-refine-epochs`` (default: ``--student-epochs``) on the students' data with the students'
-       schedule and the labels alone.
+    1. ``--teacher-epochs`` on the augmented training set, from scratch (``folder/augmented``);
+    2. rounds of the students' schedule (``--student-epochs`` on their data, ``--lr``, ``--warmup``) on the
+       labels alone (``folder/round1``, ``round2``, ...), each from the best teacher so far, until a round
+       gains less than ``--teacher-min-gain`` top-1 over it (or ``--teacher-max-rounds`` have run).
 
-    Every student starts from this teacher and trains ``--student-epochs`` more; the second stage gives the
-    teacher that training too, so that a student's lead over its teacher is not extra training alone."""
-    first = folder / "augmented"
-    if (first / "model.safetensors").is_file():
-        teacher = minivit.from_pretrained(first)
-        log(f"teacher stage 1 reused from {first}")
-    else:
-        teacher = minivit.create_model("vit_tiny_patch16_224", **teacher_args(a))
-        train_aug = build_dataset(a.data, "train", 28, 1, True, limit=a.train_limit)
+    Every student trains ``--student-epochs`` from the teacher it compresses; the rounds make sure that this
+    schedule alone would no longer improve the teacher. The best stage is the teacher; stages found in
+    ``folder`` are reused."""
+    def from_scratch():
+        model = minivit.create_model("vit_tiny_patch16_224", **teacher_args(a))
         cfg = TrainConfig(epochs=a.teacher_epochs, batch_size=128, lr=2e-3, warmup_epochs=1.0, seed=0,
                           progress=False)
-        fit(minivit.distill.SupervisedObjective(teacher), train_aug, val, cfg, first, log=log)
-        minivit.save_pretrained(teacher, first)
-    if a.teacher_refine_epochs:
-        fit(minivit.distill.SupervisedObjective(teacher), train, val,
-            student_schedule(a, a.teacher_refine_epochs, seed=0), folder, log=log)
-    minivit.save_pretrained(teacher, folder)
-    return teacher
+        return model, build_dataset(a.data, "train", 28, 1, True, limit=a.train_limit), cfg
+
+    best = _teacher_stage(folder / "augmented", val, log, from_scratch)
+    best_top1 = teacher_history(folder / "augmented")[-1]
+    for r in range(1, a.teacher_max_rounds + 1):
+        model = _teacher_stage(folder / f"round{r}", val, log, lambda start=best: (
+            copy.deepcopy(start), train, student_schedule(a, a.student_epochs, 0)))
+        top1 = teacher_history(folder / f"round{r}")[-1]
+        gain = top1 - best_top1
+        log(f"teacher round {r}: {top1:.2f} ({gain:+.2f})")
+        if gain > 0:
+            best, best_top1 = model, top1
+        if gain < a.teacher_min_gain:
+            break
+    minivit.save_pretrained(best, folder)
+    return best
+
+
+def _teacher_stage(sub: Path, val, log, make) -> nn.Module:
+    """The teacher after one training stage, saved in ``sub`` (reused when it is there); ``make()`` gives the
+    model to start from, the training data and the schedule."""
+    if (sub / "model.safetensors").is_file():
+        log(f"teacher stage reused from {sub}")
+        return minivit.from_pretrained(sub)
+    model, data, cfg = make()
+    fit(minivit.distill.SupervisedObjective(model), data, val, cfg, sub, log=log)
+    minivit.save_pretrained(model, sub)
+    return model
+
+
+def teacher_stages(folder: Path) -> list[Path]:
+    """The teacher's training stages in order: ``augmented``, ``round1``, ... (a teacher folder of one stage,
+    from earlier versions, is its own stage)."""
+    stages = [folder / "augmented"] + sorted(folder.glob("round*"), key=lambda p: int(p.name[5:]))
+    return [p for p in stages if (p / "metrics.jsonl").is_file()] or [folder]
 
 
 def teacher_history(folder: Path) -> list[float]:
-    """Validation top-1 after each of the teacher's epochs, both stages in order (a teacher folder of one
-    stage has its ``metrics.jsonl`` at the top)."""
-    history = []
-    for path in (folder / "augmented" / "metrics.jsonl", folder / "metrics.jsonl"):
-        if path.is_file():
-            history += [json.loads(line).get("val_top1") for line in path.read_text().splitlines() if line.strip()]
-    return history
+    """Validation top-1 after each epoch of ``folder``'s ``metrics.jsonl``."""
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line).get("val_top1") for line in path.read_text().splitlines() if line.strip()]
 
 
-def converged(history: list[float], patience: int = 2, min_gain: float = 0.1) -> dict:
-    """The criterion: the best of the last ``patience`` epochs beats the best before them by < ``min_gain``."""
-    if len(history) <= patience:
-        return {"held": False, "gain": None}
-    gain = max(history[-patience:]) - max(history[:-patience])
-    return {"held": gain < min_gain, "gain": round(gain, 3), "patience": patience, "min_gain": min_gain}
+def converged(folder: Path, min_gain: float = 0.1) -> dict:
+    """The criterion: the teacher's last stage (a round of the students' schedule) gained < ``min_gain`` top-1
+    over the best stage before it. A teacher of one stage: its best of the last 2 epochs against the best
+    before them (which a decayed learning rate meets without the model having converged)."""
+    stages = teacher_stages(folder)
+    finals = [teacher_history(p)[-1] for p in stages]
+    if len(stages) == 1:
+        h = teacher_history(stages[0])
+        if len(h) <= 2:
+            return {"held": False, "gain": None}
+        gain = max(h[-2:]) - max(h[:-2])
+        return {"held": gain < min_gain, "gain": round(gain, 3), "criterion": "last 2 epochs", "min_gain": min_gain}
+    gain = finals[-1] - max(finals[:-1])
+    return {"held": gain < min_gain, "gain": round(gain, 3), "stages": [p.name for p in stages],
+            "stage_top1": finals, "criterion": "last round of the students' schedule", "min_gain": min_gain}
 
 
 def dropped(teacher: nn.Module, k: int) -> nn.Module:
@@ -275,9 +307,10 @@ def arguments(argv):
     p.add_argument("--work", default=None, help="folder for the student runs (default: a temp folder)")
     p.add_argument("--teacher", default="runs/frontier/teacher", help="trained teacher folder (reused, or made)")
     p.add_argument("--teacher-epochs", type=int, default=15, help="teacher stage 1: epochs on augmented images")
-    p.add_argument("--teacher-refine-epochs", type=int, default=None,
-                   help="teacher stage 2: epochs with the students' data and schedule, labels only "
-                   "(default: --student-epochs; 0: none)")
+    p.add_argument("--teacher-max-rounds", type=int, default=6,
+                   help="teacher stage 2: at most this many rounds of the students' schedule, labels only")
+    p.add_argument("--teacher-min-gain", type=float, default=0.1,
+                   help="teacher stage 2 stops after a round gaining less top-1 than this")
     p.add_argument("--depth", type=int, default=12)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
@@ -308,8 +341,6 @@ def arguments(argv):
     a.seed_rows = sorted({f"{kind}_1/{k}" for kind, k in parse_rows(a.seed_rows)})
     if a.quick:
         a.train_limit, a.student_epochs, a.seeds, a.latency_runs, a.latency_rounds = 3000, 1, a.seeds[:1], 5, 1
-    if a.teacher_refine_epochs is None:
-        a.teacher_refine_epochs = a.student_epochs
     if a.distill is None:
         a.distill = dict(RECIPE_DISTILL)  # what compress distils with by default
     return a
@@ -337,8 +368,8 @@ def main(argv=None) -> None:
     else:
         teacher = train_teacher(a, train, val, folder, log)
     teacher.eval()
-    history = teacher_history(folder)
-    crit = converged(history)
+    history = [t for stage in teacher_stages(folder) for t in teacher_history(stage)]
+    crit = converged(folder, a.teacher_min_gain)
     log(f"teacher: history {history}; converged {crit}")
     logits = None  # the compress defaults distil attention and hidden relations too: the teacher runs every step
     if DistillConfig(**a.distill).cache_teacher_logits:  # e.g. --distill '{"distill": ["logits"], ...}'
@@ -502,7 +533,8 @@ def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0:
     cols = ["name", "budget", "int8", "top1", "top1_std", "mb", "latency_ms"]
     md = [f"# Accuracy per byte on Fashion-MNIST ({'quick' if a.quick else 'full'} run)", "",
           f"Command: `{command}`  ", f"Total time: {total / 60:.1f} min on {torch.get_num_threads()} threads  ",
-          f"Teacher convergence (best of last 2 epochs vs before, < 0.1 point): {crit}", *_reused_note(rows),
+          f"Teacher convergence ({crit.get('criterion')}, gain < {crit.get('min_gain')} point): {crit}",
+          *_reused_note(rows),
           *_remeasured_note(a), "",
           markdown_table(sorted(rows, key=lambda r: -r["bytes"]), cols), "", "## Targets", "",
           markdown_table(held) if held else "(no minivit rows to check)", ""] + [f"![{p}]({p})" for p in plots]
