@@ -372,6 +372,9 @@ def test_int8_torchscript_with_folded_deltas_runs_one_int8_product_per_map(tmp_p
     products = [str(m.inlined_graph).count("linear_dynamic") for m in runs]
     assert products[1] == products[0] - 2 * 4 * 4  # two delta products fewer per map, 4 maps x 4 layers
     assert folded["bytes"] > plain["bytes"]  # each layer's maps stored in full (int8)
+    # the file holds what runs: the folded maps, not the factors they were made from
+    names = [[n for n, _ in m.named_modules()] for m in runs]
+    assert any("up_proj" in n for n in names[0]) and not any("up_proj" in n or "down_proj" in n for n in names[1])
 
 
 def _saved_plain(tmp_path, teacher):

@@ -169,6 +169,12 @@ def test_folded_deltas_equal_the_factorised_student(family):
     assert all(type(layer.delta.qkv) is LowRankDelta for _, layer in iter_layers(student))
     assert folded.state_dict().keys() == student.state_dict().keys()
     assert minivit.measure.tensor_bytes(folded) == minivit.measure.tensor_bytes(student)
+    # for a deployed file: the same function without the factors, which the folded maps no longer need
+    lean = minivit.fold_deltas(student, keep_factors=False)
+    with torch.no_grad():
+        assert torch.equal(lean(x), folded(x))
+    assert not any("up_proj" in k or "down_proj" in k for k in lean.state_dict())
+    assert folded.state_dict().keys() == student.state_dict().keys()  # each copy is its own
 
 
 def test_folded_model_refuses_training_and_plain_models_pass_through():

@@ -126,6 +126,10 @@ class _DeltaForm(nn.Module):
 class _Folded(_DeltaForm):
     """A form holding weights computed once from the factors: inference only (training would leave it stale)."""
 
+    def drop_factors(self) -> None:
+        """Forget the factors, which the folded weights no longer need (for a smaller exported file)."""
+        del self.down_proj, self.up_proj
+
     def train(self, mode: bool = True) -> _Folded:
         if mode:
             raise ConfigError("this model's deltas are folded for inference and cannot train",
@@ -247,15 +251,24 @@ def merge_in_graph(model: nn.Module) -> nn.Module:
     return _replace_deltas(model, lambda shared, delta: GraphMergedDelta(delta))
 
 
-def fold_deltas(model: nn.Module) -> nn.Module:
+def fold_deltas(model: nn.Module, *, keep_factors: bool = True) -> nn.Module:
     """An eval-mode copy of ``model`` whose low-rank deltas are folded into full per-layer weights
     (:class:`FoldedDelta`): each corrected map is one ``F.linear``, so a relaxed-sharing student runs at the
     cost of a plain one. Outputs equal ``model``'s to float rounding. An int8 model (dynamic quantisation, as
     ``export --int8`` writes it) is folded the same way and its full weights quantised again
     (:class:`QuantizedFoldedDelta`): one int8 product per map, outputs equal to int8 rounding. ``model``
     itself is untouched; a model without deltas is returned as it is. Use the copy for predictions and
-    latency, and keep ``model`` for saving, training and export (where the deltas stay factorised)."""
-    return _replace_deltas(model, FoldedDelta, QuantizedFoldedDelta)
+    latency, and keep ``model`` for saving, training and export (where the deltas stay factorised).
+
+    ``keep_factors=False`` drops the factors from the copy, which runs without them: for a deployed file
+    (``export --fold-deltas``) that holds only what runs. That copy's state dict no longer matches
+    ``model``'s."""
+    out = _replace_deltas(model, FoldedDelta, QuantizedFoldedDelta)
+    if not keep_factors:
+        for module in out.modules() if out is not model else ():
+            if isinstance(module, _Folded):
+                module.drop_factors()
+    return out
 
 
 def layer_deltas(shared: nn.Module, block: nn.Module, rank: int) -> LayerDeltas | None:

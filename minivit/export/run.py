@@ -82,7 +82,8 @@ def run_export(
         per_channel: per-output-channel int8 scales.
         fold_deltas: ONNX and TorchScript: export the inference copy whose relaxed-sharing deltas are
             folded into full per-layer weights (:func:`minivit.fold_deltas`): each layer's corrected maps are
-            stored in full (about the teacher's bytes for them), for runtimes that do not fold constants. With
+            stored in full (about the teacher's bytes for them) and the factors are left out, for runtimes
+            that do not fold constants. With
             ``int8`` TorchScript the model is quantised first and then folded (the int8 factors and shared
             weight summed and quantised again per layer), so it runs one int8 product per map.
             Default: the file keeps the factors; fp32 ONNX writes their merge into the graph, which
@@ -105,7 +106,7 @@ def run_export(
     fold_int8 = fold_deltas and fmt == "torchscript" and int8  # folded after quantising (int8 weights per layer)
     if fold_deltas:
         _check_foldable(model, fmt)
-        model = model if fold_int8 else fold(model)
+        model = model if fold_int8 else fold(model, keep_factors=False)
     out = Path(output) if output is not None else default_output(model_dir, fmt, int8)
     if fmt != "safetensors" and out.is_dir():
         out = out / DEFAULT_NAMES[(fmt, int8)]
@@ -159,7 +160,7 @@ def _export_torchscript(model, out: Path, size, int8: bool, per_channel: bool, v
         return export_torchscript(model, out, size, verify=verify)
     qmodel = quantize_dynamic_int8(model, per_channel=per_channel)
     if fold_int8:  # each layer's int8 factors and shared weight summed and quantised again: one int8 product per map
-        qmodel = fold(qmodel)
+        qmodel = fold(qmodel, keep_factors=False)
     summary = export_torchscript(qmodel, out, size, verify=verify)
     summary.update(state_dict_bytes=state_dict_bytes(qmodel), fp32_state_dict_bytes=state_dict_bytes(model))
     if verify:
