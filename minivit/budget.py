@@ -169,13 +169,12 @@ RECIPE = {"transforms": False}
 
 RECIPE_DISTILL = {"alpha": 0.8}
 """The distillation the ``compress`` recipe uses unless told otherwise: 0.8 of the logit loss on the hard labels,
-0.2 on the teacher's soft logits (with the attention and hidden-state relations as configured). A student
-initialised from its teacher and taught by its logits alone stays just below it; with the labels it goes past it.
-On the frontier benchmark's teacher (88.11, 4 epochs, every kind distilled the same way) minivit's students at
-1/2, 1/4 and one block of the bytes reached 88.075 / 87.625 / 86.33 with alpha 0, 89.375 / 88.815 / 86.75 with
-0.5 and 89.79 / 89.125 / 86.855 with 0.8 (two seeds each); alpha 1.0 did no better than 0.8 (89.17 against 89.20
-at 1/4, seed 0); temperature 2 and four layer pairs (at 0.5) moved it by less than the seed spread. Naive sharing
-gains about as much: the labels lift every kind's accuracy, not minivit's lead (``benchmarks/results/frontier.md``)."""
+0.2 on the teacher's soft logits (with the attention and hidden-state relations as configured). Against the
+frontier benchmark's converged teacher (90.12, which 4 more epochs no longer improve) the labels cost minivit's
+students at most 0.07 points, within the seed spread: 89.955 / 89.515 at 1/2 and 1/4 of the bytes with 0.8,
+90.025 / 89.51 with 0 (two seeds each). Against a teacher that still had 2 points to gain (88.11) they were
+worth 1.5-1.7 points there (89.79 / 89.125 with 0.8, 88.075 / 87.625 with 0), so the recipe keeps them: a
+user's teacher on new data may not be converged (``benchmarks/results/frontier.md``)."""
 
 
 def recipe(teacher: nn.Module, share: int | str | tuple[int, ...] = 2, spec: MultiplexSpec | None = None,
