@@ -145,13 +145,13 @@ def converged(folder: Path, min_gain: float = 0.1) -> dict:
     over the best stage before it. A teacher of one stage: its best of the last 2 epochs against the best
     before them (which a decayed learning rate meets without the model having converged)."""
     stages = teacher_stages(folder)
-    finals = [teacher_history(p)[-1] for p in stages]
     if len(stages) == 1:
         h = teacher_history(stages[0])
         if len(h) <= 2:
             return {"held": False, "gain": None}
         gain = max(h[-2:]) - max(h[:-2])
         return {"held": gain < min_gain, "gain": round(gain, 3), "criterion": "last 2 epochs", "min_gain": min_gain}
+    finals = [teacher_history(p)[-1] for p in stages]
     gain = finals[-1] - max(finals[:-1])
     return {"held": gain < min_gain, "gain": round(gain, 3), "stages": [p.name for p in stages],
             "stage_top1": finals, "criterion": "last round of the students' schedule", "min_gain": min_gain}

@@ -264,8 +264,8 @@ def fold_deltas(model: nn.Module, *, keep_factors: bool = True) -> nn.Module:
     (``export --fold-deltas``) that holds only what runs. That copy's state dict no longer matches
     ``model``'s."""
     out = _replace_deltas(model, FoldedDelta, QuantizedFoldedDelta)
-    if not keep_factors:
-        for module in out.modules() if out is not model else ():
+    if not keep_factors and out is not model:
+        for module in out.modules():
             if isinstance(module, _Folded):
                 module.drop_factors()
     return out

@@ -83,9 +83,9 @@ def run_export(
         fold_deltas: ONNX and TorchScript: export the inference copy whose relaxed-sharing deltas are
             folded into full per-layer weights (:func:`minivit.fold_deltas`): each layer's corrected maps are
             stored in full (about the teacher's bytes for them) and the factors are left out, for runtimes
-            that do not fold constants. With
-            ``int8`` TorchScript the model is quantised first and then folded (the int8 factors and shared
-            weight summed and quantised again per layer), so it runs one int8 product per map.
+            that do not fold constants. With ``int8`` TorchScript the model is quantised first and then
+            folded (the int8 factors and shared weight summed and quantised again per layer), so it runs one
+            int8 product per map.
             Default: the file keeps the factors; fp32 ONNX writes their merge into the graph, which
             onnxruntime folds when it loads the model (one product per map), TorchScript runs the factors.
 
