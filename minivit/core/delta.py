@@ -98,6 +98,13 @@ class LayerDeltas(nn.Module):
             setattr(self, name, deltas[name])
 
     @classmethod
+    def fresh(cls, shared: dict[str, nn.Linear], rank: int) -> LayerDeltas:
+        """Deltas on the ``shared`` maps that add nothing yet (small random ``A``, zero ``B``): for a model built
+        from its config, whose weights are loaded next."""
+        return cls({name: LowRankDelta(s.in_features, s.out_features, rank, s.bias is not None, device=s.weight.device)
+                    for name, s in ((n, shared[n]) for n in DELTA_NAMES)})
+
+    @classmethod
     def between(cls, shared: dict[str, nn.Linear], own: dict[str, nn.Linear], rank: int) -> LayerDeltas:
         """Deltas taking the ``shared`` linear maps to this layer's ``own`` (same names, same shapes; see
         :func:`block_linears`)."""
@@ -271,9 +278,15 @@ def fold_deltas(model: nn.Module, *, keep_factors: bool = True) -> nn.Module:
     return out
 
 
-def layer_deltas(shared: nn.Module, block: nn.Module, rank: int) -> LayerDeltas | None:
-    """The deltas taking a group's ``shared`` block to a layer's source ``block``; None for ``rank == 0``."""
-    return LayerDeltas.between(block_linears(shared), block_linears(block), rank) if rank else None
+def layer_deltas(shared: nn.Module, block: nn.Module, rank: int, *, from_block: bool = True) -> LayerDeltas | None:
+    """The deltas taking a group's ``shared`` block to a layer's source ``block``; None for ``rank == 0``.
+    ``from_block=False`` (a model built from its config, its weights loaded next): deltas that add nothing,
+    without the SVD, whose start would be thrown away."""
+    if not rank:
+        return None
+    if not from_block:
+        return LayerDeltas.fresh(block_linears(shared), rank)
+    return LayerDeltas.between(block_linears(shared), block_linears(block), rank)
 
 
 def block_linears(block: nn.Module) -> dict[str, nn.Linear]:

@@ -259,12 +259,14 @@ def multiplex_swin_blocks(
     geometry: dict,
     mask_regular_windows: bool = False,
     drop_path: Sequence[float] | None = None,
+    fresh: bool = False,
 ) -> nn.Sequential:
     """Turn one stage's timm ``SwinTransformerBlock`` list into groups of ``share`` multiplexed layers.
 
     ``blocks[i]`` provides layer ``i``'s norms (and drop-path, unless ``drop_path`` rates are given) and, merged
     per group by ``spec.init``, the shared attention/MLP. The blocks are copied, never modified. A list that
-    repeats one block object per group builds a fresh model without throwaway blocks.
+    repeats one block object per group builds a fresh model without throwaway blocks; ``fresh`` (a model built
+    from its config) skips the deltas' SVD start.
     """
     blocks = _check_swin_blocks(blocks)
     check_share(len(blocks), share)
@@ -296,7 +298,7 @@ def multiplex_swin_blocks(
         if spec.transforms:
             device = blk.norm1.weight.device
             mixes = [HeadMix(num_heads, bias=True, init=spec.transform_init).to(device) for _ in range(2)]
-        delta = deltas.layer_deltas(shared, blk, spec.delta_rank)
+        delta = deltas.layer_deltas(shared, blk, spec.delta_rank, from_block=not fresh)
         return SwinLayerParts(
             norm1=own["n1"] if spec.separate_norms else None,
             norm2=own["n2"] if spec.separate_norms else None,
@@ -409,7 +411,7 @@ class MultiplexedSwinTransformer(nn.Module):
             start = sum(depths[:s])
             blocks = multiplex_swin_blocks(
                 sources[s], k, self.spec, geometry=geo, mask_regular_windows=mask_regular_windows,
-                drop_path=dpr[start : start + depths[s]],
+                drop_path=dpr[start : start + depths[s]], fresh=fresh,
             )
             downsample = PatchMerging(dim=dims[s - 1], out_dim=dim, norm_layer=norm_layer) if s > 0 else nn.Identity()
             stages.append(MultiplexedSwinStage(downsample, blocks))

@@ -136,9 +136,10 @@ def resolve_share(spec: MultiplexSpec, depth: int) -> int:
 
 
 def multiplex_vit_blocks(
-    blocks, spec: MultiplexSpec, grid_size: tuple[int, int], num_prefix_tokens: int = 0
+    blocks, spec: MultiplexSpec, grid_size: tuple[int, int], num_prefix_tokens: int = 0, fresh: bool = False
 ) -> nn.Sequential:
-    """Groups of multiplexed layers from timm ViT ``Block`` modules (copied, never modified)."""
+    """Groups of multiplexed layers from timm ViT ``Block`` modules (copied, never modified); ``fresh``: the
+    blocks are timm's random ones (a model built from its config), so the deltas skip their SVD start."""
     blocks = _check_blocks(blocks)
     share = resolve_share(spec, len(blocks))
     num_heads, head_dim = blocks[0].attn.num_heads, blocks[0].attn.head_dim
@@ -157,7 +158,7 @@ def multiplex_vit_blocks(
     def make_layer(i: int, shared: SharedBlock) -> LayerParts:
         blk = blocks[i]
         mixes = [HeadMix(num_heads, False, spec.transform_init) for _ in range(2)] if spec.transforms else [None] * 2
-        delta = deltas.layer_deltas(shared, blk, spec.delta_rank)
+        delta = deltas.layer_deltas(shared, blk, spec.delta_rank, from_block=not fresh)
         rpe = ContextualRPE(head_dim, buckets) if spec.irpe else None
         return LayerParts(blk, spec.separate_norms, *mixes, rpe=rpe, delta=delta)
 
@@ -190,7 +191,8 @@ class MultiplexedVisionTransformer(VisionTransformer):
         self.spec = spec
         self.arch_args = dict(arch_args, norm_eps=norm_eps)
         blocks = self.blocks if sources is None else sources[0]
-        self.blocks = multiplex_vit_blocks(blocks, spec, tuple(self.patch_embed.grid_size), self.num_prefix_tokens)
+        self.blocks = multiplex_vit_blocks(blocks, spec, tuple(self.patch_embed.grid_size), self.num_prefix_tokens,
+                                           fresh=sources is None)
         self.feature_info = [  # one entry per layer (timm's: per block), named by the layer's output tap
             dict(info, module=f"blocks.{g}.layers.{r}.block_out")
             for info, (g, r) in zip(self.feature_info, self._layer_positions())
