@@ -8,6 +8,13 @@ rule comes from the accuracy-per-byte benchmark (``benchmarks/frontier.py``, res
 Sizes are computed without building the candidates: a student's bytes are the teacher's bytes outside the
 transformer blocks, plus one block per group, plus each layer's own parts (norms, head mixing) and its
 deltas (``r * (in + out) + out`` numbers per corrected map, see :mod:`minivit.core.delta`).
+
+``plan(teacher, budget, int8=True)`` (``compress --budget F --budget-int8``) counts a student by the file it
+will be deployed as instead: the ``model.int8.safetensors`` of ``export --format safetensors --int8``, held
+against the fp32 teacher's bytes. int8 stores each linear map in a quarter of the bytes but the rest (norms,
+embeddings, biases, scales) as it was, so a budget of 1/8 after int8 buys a bigger student than 1/2 of the
+fp32 budget would suggest, or a smaller one, depending on that split; those sizes are exact, counted on
+students built without their teacher's weights (no SVD).
 """
 
 from __future__ import annotations
@@ -37,11 +44,13 @@ there (``benchmarks/results/frontier.md``)."""
 
 @dataclass(frozen=True)
 class Plan:
-    """What :func:`plan` picked: the spec, the student's estimated bytes and the fraction of the teacher's."""
+    """What :func:`plan` picked: the spec, the student's estimated bytes and the fraction of the teacher's
+    (``int8``: the bytes are those of the student's int8 file)."""
 
     spec: MultiplexSpec
     bytes: int
     teacher_bytes: int
+    int8: bool = False
 
     @property
     def fraction(self) -> float:
@@ -50,7 +59,8 @@ class Plan:
     def describe(self) -> str:
         s = self.spec
         rank = f", delta rank {s.delta_rank}" if s.delta_rank else ""
-        return (f"share {s.share}{rank}, init {s.init}: about {self.bytes / 1e6:.3f} MB, "
+        stored = "int8 file" if self.int8 else "stored"
+        return (f"share {s.share}{rank}, init {s.init}: about {self.bytes / 1e6:.3f} MB {stored}, "
                 f"{self.fraction:.3f} of the teacher's {self.teacher_bytes / 1e6:.3f} MB")
 
 
@@ -117,44 +127,88 @@ def start_error(teacher: nn.Module, share: int, rank: int, init: str = "first") 
 
 
 def plan(teacher: nn.Module, budget: float, spec: MultiplexSpec | None = None, max_rank: int = 256,
-         inits: tuple[str, ...] = ("first", "mean")) -> Plan:
+         inits: tuple[str, ...] = ("first", "mean"), int8: bool = False) -> Plan:
     """The student for ``budget`` (a fraction of the teacher's stored bytes, 0 < budget <= 1) by :data:`RULE`.
 
     The candidates are the share numbers that divide every stack's depth, each with the largest delta rank
     whose bytes fit the budget and the init :data:`RULE` gives it (from ``inits``); the one with the smallest
-    :func:`start_error` wins (ties: fewer bytes). The other fields of ``spec`` are kept.
+    :func:`start_error` wins (ties: fewer bytes). The other fields of ``spec`` are kept. ``int8``: a student's
+    bytes are those of its int8 file (:func:`int8_size`), still against the fp32 teacher's bytes.
     """
     if not 0 < budget <= 1:
         raise ConfigError(f"budget must be a fraction in (0, 1], got {budget!r}", "e.g. --budget 0.25")
     from .measure import tensor_bytes
 
     teacher_bytes = tensor_bytes(teacher)
-    return _within(teacher, teacher_bytes, budget * teacher_bytes, spec or MultiplexSpec(), max_rank, inits,
-                   f"{budget:.3f} of the teacher's stored bytes")
+    what = f"{budget:.3f} of the teacher's stored bytes" + (" after int8" if int8 else "")
+    return _within(teacher, teacher_bytes, budget * teacher_bytes, spec or MultiplexSpec(), max_rank, inits, what,
+                   int8)
+
+
+def int8_size(teacher: nn.Module, spec: MultiplexSpec):
+    """``rank -> bytes`` of the ``model.int8.safetensors`` (``export --format safetensors --int8``) of
+    ``multiplex(teacher, spec with delta_rank=rank)``: exact, counted on a student of that architecture built
+    without the teacher's weights (no SVD, random numbers: the file's size depends on shapes only)."""
+    from .export.int8 import int8_bytes
+    from .io.pretrained import build_from_config, model_config
+    from .multiplex import multiplex
+
+    cfg = model_config(multiplex(teacher, spec.replace(delta_rank=0)))
+    sizes: dict[int, int] = {}
+
+    def size(rank: int) -> int:
+        if rank not in sizes:
+            ranked = spec.replace(delta_rank=rank).to_dict()
+            args = {**cfg["model_args"], "multiplex": ranked}
+            sizes[rank] = int8_bytes(build_from_config({**cfg, "multiplex": ranked, "model_args": args}))
+        return sizes[rank]
+
+    return size
+
+
+def _largest_rank(size, limit: float, max_rank: int) -> int:
+    """The largest rank in ``[0, max_rank]`` with ``size(rank) <= limit``, given that ``size(0)`` fits and that
+    sizes grow with the rank. From rank 1 on they are affine in the rank (up to a few digits of a file header),
+    so a guess from the slope between ranks 1 and 2 is checked first, then a bisection settles the rest."""
+    if max_rank == 0 or size(1) > limit:
+        return 0
+    step = size(2) - size(1) if max_rank >= 2 else 0
+    guess = max_rank if step <= 0 else min(max_rank, max(1, 1 + int((limit - size(1)) // step)))
+    if size(guess) <= limit:
+        if guess == max_rank or size(guess + 1) > limit:
+            return guess
+        lo, hi = guess + 1, max_rank
+    else:
+        lo, hi = 1, guess - 1
+    while lo < hi:  # size(lo) fits
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if size(mid) <= limit else (lo, mid - 1)
+    return lo
 
 
 def _within(teacher: nn.Module, teacher_bytes: int, limit: float, spec: MultiplexSpec, max_rank: int, inits,
-            what: str) -> Plan:
-    """:func:`plan` for a limit in bytes."""
+            what: str, int8: bool = False) -> Plan:
+    """:func:`plan` for a limit in bytes (of the int8 file with ``int8``)."""
     stacks = _blocks(teacher)
     depths = [len(s) for s in stacks]
     candidates = []
     for k in (k for k in range(1, max(depths) + 1) if all(d % min(k, d) == 0 for d in depths)):
-        base = _base_bytes(teacher, spec.replace(share=k))
-        if base > limit:
+        if int8:
+            size = int8_size(teacher, spec.replace(share=k))
+        else:
+            base = _base_bytes(teacher, spec.replace(share=k))
+            size = lambda rank, base=base, k=k: base + _delta_numbers(stacks, k, rank) * _elem(teacher)  # noqa: E731
+        if size(0) > limit:
             continue
-        rank = 0
-        while rank < max_rank and k > 1 and base + _delta_numbers(stacks, k, rank + 1) * _elem(teacher) <= limit:
-            rank += 1
-        size = base + _delta_numbers(stacks, k, rank) * _elem(teacher)
+        rank = _largest_rank(size, limit, max_rank if k > 1 else 0)
         errors = {init: start_error(teacher, k, rank, init) for init in inits}
         init = _init_rule(errors, k, rank)
-        candidates.append((errors[init], size, k, rank, init))
+        candidates.append((errors[init], size(rank), k, rank, init))
     if not candidates:
         raise ConfigError(f"no student fits {what}",
                           "a single shared block (--share all) is the smallest; raise the budget")
     _, size, k, rank, init = min(candidates)
-    return Plan(spec.replace(share=k, delta_rank=rank, init=init), size, teacher_bytes)
+    return Plan(spec.replace(share=k, delta_rank=rank, init=init), size, teacher_bytes, int8)
 
 
 def _init_rule(errors: dict[str, float], share: int, rank: int) -> str:
@@ -191,4 +245,5 @@ def recipe(teacher: nn.Module, share: int | str | tuple[int, ...] = 2, spec: Mul
                    f"the bytes of share {share}")
 
 
-__all__ = ["RECIPE", "RECIPE_DISTILL", "RULE", "Plan", "estimate_bytes", "plan", "recipe", "start_error"]
+__all__ = ["RECIPE", "RECIPE_DISTILL", "RULE", "Plan", "estimate_bytes", "int8_size", "plan", "recipe",
+           "start_error"]

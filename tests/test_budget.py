@@ -129,3 +129,65 @@ def test_without_deltas_a_group_shares_its_first_layer():
     for budget in (0.3, 0.6, 0.9):
         picked = plan(teacher, budget)
         assert picked.spec.init == ("first" if picked.spec.delta_rank == 0 else "mean"), picked.describe()
+
+
+@pytest.mark.parametrize("make", [small_vit, small_swin])
+def test_an_int8_budget_holds_the_int8_file_and_buys_the_largest_rank(make):
+    """``plan(..., int8=True)``: the student's int8 file (what `export --format safetensors --int8` writes) fits
+    the budget, one more delta rank would not, and the same budget buys more than counted in fp32."""
+    from minivit.budget import RECIPE
+    from minivit.export import int8_bytes
+
+    teacher = make()
+    spec = minivit.MultiplexSpec(**RECIPE)
+    for budget in (0.5, 0.3):
+        picked = plan(teacher, budget, spec, int8=True)
+        student = minivit.multiplex(teacher, picked.spec)
+        assert int8_bytes(student) == picked.bytes <= budget * tensor_bytes(teacher)
+        if picked.spec.delta_rank:
+            bigger = minivit.multiplex(teacher, picked.spec.replace(delta_rank=picked.spec.delta_rank + 1))
+            assert int8_bytes(bigger) > budget * tensor_bytes(teacher)
+        assert tensor_bytes(student) > budget * tensor_bytes(teacher)  # more than an fp32 budget would buy
+        assert "int8 file" in picked.describe()
+
+
+def test_the_rank_search_finds_the_largest_rank_that_fits():
+    import random
+
+    from minivit.budget import _largest_rank
+
+    rng = random.Random(0)
+    for _ in range(500):
+        base, jump, slope = rng.randint(0, 100), rng.randint(0, 50), rng.randint(1, 20)
+        digits = [rng.randint(0, 2) for _ in range(300)]  # a header's digits: small, growing steps
+        sizes = [base] + [base + jump + slope * r + sum(digits[:r]) // 50 for r in range(1, 300)]
+        max_rank, limit = rng.randint(0, 256), rng.randint(base, base + jump + slope * 300)
+        want = max(r for r in range(max_rank + 1) if sizes[r] <= limit)
+        assert _largest_rank(sizes.__getitem__, limit, max_rank) == want
+
+
+@pytest.mark.parametrize("make", [small_vit, small_swin])
+def test_a_student_built_from_its_config_skips_the_delta_svd(make, monkeypatch):
+    """Loading rebuilds the architecture, then loads its weights: the deltas of that build skip the SVD of
+    random weights that the load throws away."""
+    from minivit.core.delta import LowRankDelta
+    from minivit.io.pretrained import build_from_config, model_config
+
+    student = minivit.multiplex(make(), share=2, delta_rank=3)
+    monkeypatch.setattr(LowRankDelta, "init_from", lambda *a, **k: pytest.fail("SVD start on a config build"))
+    built = build_from_config(model_config(student))
+    assert sum(isinstance(m, LowRankDelta) for m in built.modules()) == 4 * (6 if make is small_vit else 4)  # per layer
+    built.load_state_dict(student.state_dict())
+    x = torch.randn(2, *student.pretrained_cfg["input_size"]) if hasattr(student, "pretrained_cfg") else None
+    student.eval(), built.eval()
+    assert torch.equal(built(x), student(x))
+
+
+def test_compress_refuses_an_int8_budget_without_a_budget(tmp_path, capsys):
+    from minivit.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", "--teacher", "vit_tiny_patch16_224", "--budget-int8", "--data", "digits", "--epochs", "1",
+              "--output", str(tmp_path / "x")])
+    assert exc.value.code == 2 and not (tmp_path / "x").exists()
+    assert "--budget-int8" in capsys.readouterr().err

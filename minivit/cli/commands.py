@@ -453,6 +453,7 @@ def run_compress(
     budget: float | None = None,
     recipe: str | None = None,
     given: Collection[str] | None = None,
+    budget_int8: bool = False,
     **options,
 ) -> dict:
     """Multiplex ``teacher``, distil it as ``distill`` says, train as ``config`` says; returns the report.
@@ -461,7 +462,8 @@ def run_compress(
     ``options`` or ``given``: then ``"exact"``) the bytes of ``spec.share`` (``"all"``: one shared block) spent
     as the accuracy-per-byte benchmark's winner (:func:`minivit.budget.recipe`: share number, delta rank, init
     and the fields of :data:`minivit.budget.RECIPE`); with ``recipe="exact"``, ``spec`` as given. ``budget`` (a
-    fraction of the teacher's stored bytes) replaces the share's bytes as the size (:func:`minivit.budget.plan`).
+    fraction of the teacher's stored bytes) replaces the share's bytes as the size (:func:`minivit.budget.plan`);
+    ``budget_int8``: the budget holds the student's int8 file (``export --format safetensors --int8``) instead.
     The frontier recipe also distils with :data:`minivit.budget.RECIPE_DISTILL` (hard-label mixing), field by
     field unless the field is among ``options`` or ``given``, or a ``distill`` config is given whole.
     ``given``: the names of the ``spec`` and ``distill`` fields the caller chose (``minivit compress`` passes
@@ -477,12 +479,15 @@ def run_compress(
     from ..multiplex import multiplex
 
     config = (config or TrainConfig()).check()
+    if budget_int8 and budget is None:
+        raise ConfigError("--budget-int8 counts a --budget: none was given", "add --budget F, e.g. --budget 0.125")
     run = run_options(run, options)
     spec, distill, recipe = _compress_recipe(spec, distill, recipe, budget, options, given)
     check_cacheable(distill, augmented=bool(run.augment or config.mixup or config.cutmix))
     net, data_config, train, val = _teacher_and_data(teacher, teacher_args, teacher_checkpoint, data, run)
-    asked = {"recipe": recipe, **({"budget": budget} if budget is not None else {"asked_share": spec.share})}
-    spec = _planned(net, spec, budget, recipe, run.log)
+    asked = {"recipe": recipe, **({"budget": budget} if budget is not None else {"asked_share": spec.share}),
+             **({"budget_int8": True} if budget_int8 else {})}
+    spec = _planned(net, spec, budget, recipe, run.log, budget_int8)
     torch.manual_seed(config.seed)
     student = apply_data_config(multiplex(net, spec), data_config)
     objective = DistillationObjective(student, net, distill, label_smoothing=_label_smoothing(config))
@@ -568,7 +573,8 @@ def recipe_distill(distill: DistillConfig, recipe: str, given: set[str]) -> Dist
     return dataclasses.replace(distill, **{k: v for k, v in RECIPE_DISTILL.items() if k not in given})
 
 
-def _planned(net: nn.Module, spec: MultiplexSpec, budget: float | None, recipe: str, log) -> MultiplexSpec:
+def _planned(net: nn.Module, spec: MultiplexSpec, budget: float | None, recipe: str, log,
+             int8: bool = False) -> MultiplexSpec:
     """The spec ``compress`` builds (see :func:`run_compress`); says what it picked and why."""
     from ..budget import RECIPE, plan
     from ..budget import recipe as frontier_recipe
@@ -576,8 +582,8 @@ def _planned(net: nn.Module, spec: MultiplexSpec, budget: float | None, recipe: 
     if recipe == "exact" and budget is None:
         return spec
     if budget is not None:
-        picked = plan(net, budget, spec.replace(**RECIPE) if recipe == "frontier" else spec)
-        said = f"budget {budget:g} of the teacher's bytes: {picked.describe()}"
+        picked = plan(net, budget, spec.replace(**RECIPE) if recipe == "frontier" else spec, int8=int8)
+        said = f"budget {budget:g} of the teacher's bytes{' after int8' if int8 else ''}: {picked.describe()}"
     else:
         picked = frontier_recipe(net, spec.share, spec)
         said = (f"recipe frontier, the bytes of share {spec.share}: {picked.describe()} "

@@ -170,6 +170,11 @@ def _compress_arguments(p) -> None:
         "and init (minivit.budget.plan) and says what it picked; overrides --share, --delta-rank and --init",
     )  # fmt: skip
     p.add_argument(
+        "--budget-int8", action="store_true",
+        help="count --budget against the student's int8 file (export --format safetensors --int8) instead of its "
+        "fp32 one, still as a fraction of the fp32 teacher's bytes: for a model deployed in int8",
+    )  # fmt: skip
+    p.add_argument(
         "--recipe", choices=("frontier", "exact"), default=None,
         help="frontier (default): the bytes of --share K spent as the accuracy-per-byte benchmark's winner "
         "(relaxed sharing: share number, delta rank and init picked by minivit.budget.recipe, no head mixing; "
@@ -345,6 +350,7 @@ def _compress(a) -> None:
         run=_run_options(a),
         teacher_checkpoint=a.teacher_checkpoint,
         budget=a.budget,
+        budget_int8=a.budget_int8,
         recipe=a.recipe,
         given=getattr(a, "given", None) or set(),  # the flags typed: the recipe fills in the others
     )
