@@ -9,6 +9,10 @@ bytes by
 * ``naive``    plain sharing (no transforms, shared norms) at the same share number,
 * ``drop``     keeping every k-th block of the teacher,
 
+and, on request (``--rows``), ``int8plan:k``: what ``compress --budget 1/k --budget-int8`` builds, the
+``compress`` recipe sized so that its int8 file fits 1/k of the teacher's fp32 bytes
+(``minivit.budget.plan(..., int8=True)``), and ``headmix:k``, the planner's student with head mixing;
+
 all initialised from the teacher and distilled the same way (the ``compress`` recipe's distillation,
 ``minivit.budget.RECIPE_DISTILL``: logits mixed with the hard labels, attention and hidden-state relations)
 for the same number of steps; then every student and the teacher are quantised to int8 with the exporter's
@@ -34,6 +38,10 @@ its Pareto front marked.
     python benchmarks/frontier.py --remeasure --reuse benchmarks/results/frontier.json --work runs/frontier/work
                                                        # measure that run's saved students again, no training
 
+The committed run is the default run plus ``--rows minivit:3 naive:3 drop:3 int8plan:8 --reuse`` of it (the
+budget 1/3 and the student planned for 1/8 of the teacher's bytes after int8; about 30 more minutes), then one
+``--remeasure`` of every row, so that all latencies come from one session.
+
 PyTorch's CPU threads slow down many times when another busy process shares the cores: run it alone.
 """
 
@@ -53,8 +61,8 @@ import torch
 from torch import nn
 
 import minivit
-from minivit.analysis import markdown_table, plot_scatter_labelled
-from minivit.budget import RECIPE_DISTILL, plan, recipe
+from minivit.analysis import markdown_table, plot_tradeoff
+from minivit.budget import RECIPE, RECIPE_DISTILL, plan, recipe
 from minivit.data import build_dataset
 from minivit.distill import DistillationObjective, DistillConfig
 from minivit.distill.cache import cache_teacher_logits
@@ -65,7 +73,8 @@ from minivit.train import TrainConfig, evaluate, fit
 from minivit.train.data import WithTeacherLogits
 
 KINDS = ("minivit", "naive", "drop")
-EXTRA_KINDS = ("headmix",)  # on request (--rows headmix:4): minivit.budget.plan at the row's budget, head mixing on
+EXTRA_KINDS = ("headmix", "int8plan")  # on request, e.g. --rows headmix:4 int8plan:8 (see make_student)
+MINIVIT_KINDS = ("minivit", "int8plan")  # the rows the targets read as minivit's: compress with its defaults
 BUDGETS = (2, 4, 6, 12)  # fraction 1/k of the teacher's block bytes (the default rows; --rows may add others)
 
 
@@ -184,6 +193,9 @@ def make_student(kind: str, k: int, teacher: nn.Module) -> tuple[nn.Module, dict
     if kind == "headmix":
         spec = plan(teacher, budget_fraction(teacher, k)).spec  # with MiniViT's head mixing (the earlier default)
         return minivit.multiplex(teacher, spec), spec.to_dict()
+    if kind == "int8plan":  # what `compress --budget 1/k --budget-int8` builds: its int8 file fits 1/k of the teacher
+        spec = plan(teacher, 1 / k, minivit.MultiplexSpec(**RECIPE), int8=True).spec
+        return minivit.multiplex(teacher, spec), spec.to_dict()
     if kind == "naive":
         spec = minivit.MultiplexSpec(share=k, transforms=False, separate_norms=False)
         return minivit.multiplex(teacher, spec), spec.to_dict()
@@ -266,21 +278,21 @@ def checks(rows: dict[str, dict], teacher_top1: float) -> list[dict]:
         if not at_k:
             continue
         budget = max(r["bytes"] for r in at_k)
-        mine = [r for r in rows.values() if r["kind"] == "minivit" and r["bytes"] <= budget]
+        mine = [r for r in rows.values() if r["kind"] in MINIVIT_KINDS and r["bytes"] <= budget]
         best = max(mine, key=lambda r: r["top1"], default=None)
         if best is None:
             continue
         out.append({"target": f"<= 1/{k} ({budget / 1e6:.3f} MB): minivit >= teacher - {drop}",
                     "values": f"{best['name']} {best['top1']:.2f} vs {teacher_top1:.2f}",
                     "held": best["top1"] >= teacher_top1 - drop})
-        rivals = [r for r in rows.values() if r["kind"] != "minivit" and r["name"] != "teacher"
+        rivals = [r for r in rows.values() if r["kind"] not in MINIVIT_KINDS + EXTRA_KINDS and r["name"] != "teacher"
                   and r["bytes"] <= best["bytes"]]
         rival = max(rivals, key=lambda r: r["top1"], default=None)
         if rival is not None:
             out.append({"target": f"<= 1/{k}: minivit >= every baseline of no more bytes + {margin}",
                         "values": f"{best['name']} {best['top1']:.2f} vs {rival['name']} {rival['top1']:.2f}",
                         "held": best["top1"] >= rival["top1"] + margin})
-    small = [r for r in rows.values() if r["kind"] == "minivit" and r["bytes"] <= rows["teacher"]["bytes"] / 8]
+    small = [r for r in rows.values() if r["kind"] in MINIVIT_KINDS and r["bytes"] <= rows["teacher"]["bytes"] / 8]
     if small:
         best = max(small, key=lambda r: r["top1"])
         out.append({"target": "a student at <= 1/8 of the fp32 teacher's bytes within 0.5 of the teacher",
@@ -511,16 +523,33 @@ def _keep(work: Path, name: str, run: tuple) -> None:
         f.write(json.dumps(record, default=lambda o: None if isinstance(o, nn.Module) else str(o)) + "\n")
 
 
+COLOURS = {"teacher": "tab:blue", "minivit": "tab:green", "int8plan": "tab:red", "naive": "tab:purple",
+           "drop": "tab:orange", "headmix": "tab:olive"}
+
+
+def plot_frontier(rows: list[dict], key: str, label: str, path: Path) -> None:
+    """Top-1 against ``key``: one curve per kind and precision through its budgets (fp32 solid, int8 dashed with
+    square markers, one colour per kind), each point labelled with its budget, the Pareto front as a staircase."""
+    order = [*COLOURS, *sorted({r["kind"] for r in rows} - set(COLOURS))]  # the legend's order
+    series: dict[str, list] = {f"{k}{p}": [] for k in order for p in ("", " int8")}
+    styles: dict[str, dict] = {}
+    for r in sorted(rows, key=lambda r: r["bytes"]):  # each curve in order of size
+        name = r["kind"] + (" int8" if r["int8"] else "")
+        series.setdefault(name, []).append((r[key], r["top1"], r["budget"] if r["kind"] != "teacher" else ""))
+        styles[name] = {"color": COLOURS.get(r["kind"], "tab:gray"), "linestyle": "--" if r["int8"] else "-",
+                        "marker": "s" if r["int8"] else "o"}
+    front = [(r[key], r["top1"]) for r in rows if r["name"] in pareto(rows, key)]
+    series = {name: pts for name, pts in series.items() if pts}
+    plot_tradeoff(series, f"Top-1 vs {label} (Fashion-MNIST)", label, "top-1 (%)", path, logx=True, front=front,
+                  styles=styles)
+
+
 def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0: float, argv) -> str:
     rows = list(results.values())
     plots = []
     for key, label, fname in (("mb", "stored MB", "frontier_bytes.png"), ("latency_ms", "CPU latency, batch 1 (ms)",
                                                                            "frontier_latency.png")):
-        front = pareto(rows, key)
-        pts = [(r[key], r["top1"], ("* " if r["name"] in front else "") + r["name"],
-                r["kind"] + (" int8" if r["int8"] else "")) for r in rows]  # one colour per kind and precision
-        plot_scatter_labelled(pts, f"Top-1 vs {label} (Fashion-MNIST; * = Pareto front)", label, "top-1 (%)",
-                              out / fname, logx=True)
+        plot_frontier(rows, key, label, out / fname)
         plots.append(fname)
     total = time.perf_counter() - t0
     command = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from minivit.analysis.cka import MinibatchCKA, linear_cka, minibatch_cka
-from minivit.analysis.plots import plot_heatmap, plot_lines, plot_scatter_labelled
+from minivit.analysis.plots import plot_heatmap, plot_lines, plot_scatter_labelled, plot_tradeoff
 from minivit.errors import MinivitError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -307,3 +307,19 @@ def test_plot_scatter_labelled_writes_png(tmp_path):
         plot_scatter_labelled([(0.0, 1.0, "a")], "t", "x", "y", tmp_path / "bad.png", logx=True)
     with pytest.raises(MinivitError, match="tuples"):
         plot_scatter_labelled([(1.0, "a")], "t", "x", "y", tmp_path / "bad.png")
+
+
+def test_plot_tradeoff_draws_curves_labels_and_the_front(tmp_path):
+    series = {"minivit": [(0.84, 89.96, "1/2"), (0.43, 89.52, "1/4")],
+              "naive int8": [(0.23, 89.71, "1/2"), (0.13, 89.16, "1/4")]}
+    styles = {"naive int8": {"color": "tab:purple", "linestyle": "--", "marker": "s"}}
+    out = plot_tradeoff(series, "Top-1 vs MB", "MB", "top-1 (%)", tmp_path / "t.png", logx=True,
+                        front=[(0.13, 89.16), (0.23, 89.71), (0.84, 89.96)], styles=styles)
+    _assert_png(out, tmp_path)
+    with pytest.raises(MinivitError, match="at least one point"):
+        plot_tradeoff({"a": []}, "t", "x", "y", tmp_path / "bad.png")
+    with pytest.raises(MinivitError, match="positive"):
+        plot_tradeoff({"a": [(0.0, 1.0, "x")]}, "t", "x", "y", tmp_path / "bad.png", logx=True)
+    with pytest.raises(MinivitError, match="tuples"):
+        plot_tradeoff({"a": [(1.0, "x")]}, "t", "x", "y", tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()

@@ -25,6 +25,7 @@ _NAMES = {
     "plot_heatmap": ".plots",
     "plot_lines": ".plots",
     "plot_scatter_labelled": ".plots",
+    "plot_tradeoff": ".plots",
     "read_metrics": ".report",
     "write_report": ".report",
 }
@@ -43,6 +44,7 @@ __all__ = [
     "plot_heatmap",
     "plot_lines",
     "plot_scatter_labelled",
+    "plot_tradeoff",
     "read_grad_norms",
     "read_metrics",
     "write_report",
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
     from .cka import MinibatchCKA, linear_cka, minibatch_cka
     from .compare import analyze, layer_cka, markdown_table, model_row
     from .grad_norms import GradNormLogger, GradNormRecorder, plot_grad_norms, read_grad_norms
-    from .plots import plot_heatmap, plot_lines, plot_scatter_labelled
+    from .plots import plot_heatmap, plot_lines, plot_scatter_labelled, plot_tradeoff
     from .report import read_metrics, write_report
 
 

@@ -26,7 +26,7 @@ from matplotlib.transforms import Bbox
 from minivit.errors import MinivitError
 from minivit.io.atomic import atomic_write
 
-__all__ = ["plot_lines", "plot_heatmap", "plot_scatter_labelled"]
+__all__ = ["plot_lines", "plot_heatmap", "plot_scatter_labelled", "plot_tradeoff"]
 
 DPI = 120
 _MARKER_MAX_POINTS = 40  # draw point markers on curves with at most this many points
@@ -269,7 +269,20 @@ def plot_scatter_labelled(
         ax.scatter(xs[sel], ys[sel], s=30, zorder=3, label=g or None)
     if logx:
         ax.set_xscale("log")
-    # Leave room on the right and top so labels of the outermost points stay inside the axes.
+    _limits(ax, xs, ys, logx)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3, which="both")
+    if len(group_names) > 1:
+        ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()  # fix the axes' size first: labels are placed in pixel space
+    _place_labels(fig, ax, xs, ys, labels)
+    return _save(fig, path, layout=False)
+
+
+def _limits(ax, xs: np.ndarray, ys: np.ndarray, logx: bool) -> None:
+    """Axis limits with room on the right and top, so that labels of the outermost points stay inside."""
     if logx:
         lo, hi = np.log10(xs.min()), np.log10(xs.max())
         pad = 0.08 * (hi - lo) if hi > lo else 0.1
@@ -281,12 +294,58 @@ def plot_scatter_labelled(
     ylo, yhi = ys.min(), ys.max()
     ypad = 0.08 * (yhi - ylo) if yhi > ylo else max(abs(yhi) * 0.05, 1.0)
     ax.set_ylim(ylo - ypad, yhi + 1.5 * ypad)
+
+
+def plot_tradeoff(
+    series: Mapping[str, Sequence[tuple[float, float, str]]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    path: str | os.PathLike,
+    logx: bool = False,
+    front: Sequence[tuple[float, float]] | None = None,
+    styles: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """Trade-off curves: each series (one method at several sizes, say) a line through its ``(x, y, label)``
+    points in the order given (e.g. by size, so that a curve of latency follows the sizes), each point labelled
+    with its own short label (e.g. its budget, "1/4").
+
+    ``front``: points ``(x, y)`` of a Pareto front, drawn as a wide grey staircase (the best y available at
+    each x) with those points ringed. ``styles``: matplotlib line keywords per series name (colour,
+    ``linestyle``, ``marker``); unstyled series get the default colour cycle with round markers.
+    """
+    if not series or not any(len(pts) for pts in series.values()):
+        raise MinivitError("plot_tradeoff needs at least one point")
+    try:
+        data = {name: [(float(p[0]), float(p[1]), str(p[2])) for p in pts] for name, pts in series.items()}
+    except (TypeError, ValueError, IndexError) as e:
+        raise MinivitError("series must map names to (x, y, label) tuples with numeric x and y") from e
+    xs = np.array([p[0] for pts in data.values() for p in pts])
+    ys = np.array([p[1] for pts in data.values() for p in pts])
+    labels = [p[2] for pts in data.values() for p in pts]
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
+        raise MinivitError("plot_tradeoff needs finite x and y values")
+    if logx and np.any(xs <= 0):
+        raise MinivitError("logx=True needs positive x values", hint="drop logx or the non-positive points")
+    fig = _new_figure((7.4, 5.2))
+    ax = fig.add_subplot()
+    if logx:
+        ax.set_xscale("log")
+    if front:
+        f = sorted((float(x), float(y)) for x, y in front)
+        fx, fy = [x for x, _ in f], [y for _, y in f]
+        ax.step(fx, fy, where="post", color="0.55", lw=6, alpha=0.3, zorder=1, solid_capstyle="round",
+                label="Pareto front")
+        ax.scatter(fx, fy, s=110, facecolors="none", edgecolors="0.3", linewidths=1.0, zorder=4)
+    for name, pts in data.items():
+        style = {"marker": "o", "markersize": 5, "linewidth": 1.3, **((styles or {}).get(name, {}))}
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, zorder=3, **style)
+    _limits(ax, xs, ys, logx)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3, which="both")
-    if len(group_names) > 1:
-        ax.legend(fontsize="small", loc="best")
+    ax.legend(fontsize="small", loc="lower right")
     fig.tight_layout()  # fix the axes' size first: labels are placed in pixel space
     _place_labels(fig, ax, xs, ys, labels)
     return _save(fig, path, layout=False)
