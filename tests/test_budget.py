@@ -82,6 +82,18 @@ def test_compress_budget_picks_and_records_the_plan(tmp_path, capsys):
     assert report["config"]["delta_rank"] >= 0 and report["config"]["share"] in (2, 4)
     t, s = minivit.from_pretrained(teacher), minivit.from_pretrained(out)
     assert tensor_bytes(s) <= 0.4 * tensor_bytes(t)
+    # --budget-int8: the student's int8 file holds the budget, so it is bigger than an fp32 budget allows
+    from minivit.export import int8_bytes
+
+    out8 = tmp_path / "student8"
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", "--teacher", str(teacher), "--budget", "0.3", "--budget-int8", "--data", "digits",
+              "--output", str(out8), *fast])
+    assert exc.value.code == 0
+    assert "budget 0.3 of the teacher's bytes after int8: share" in capsys.readouterr().out
+    assert json.loads((out8 / "report.json").read_text())["config"]["budget_int8"] is True
+    s8 = minivit.from_pretrained(out8)
+    assert int8_bytes(s8) <= 0.3 * tensor_bytes(t) < tensor_bytes(s8)
     code = None
     with pytest.raises(SystemExit) as exc:
         main(["compress", "--teacher", str(teacher), "--budget", "2", "--data", "digits", "--output",

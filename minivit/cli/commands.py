@@ -582,6 +582,8 @@ def _planned(net: nn.Module, spec: MultiplexSpec, budget: float | None, recipe: 
     if recipe == "exact" and budget is None:
         return spec
     if budget is not None:
+        if log is not None and processes().is_main_process:  # a minute or two for a ViT-B: say why it waits
+            log(f"sizing every share number and delta rank for budget {budget:g}{' after int8' if int8 else ''} ...")
         picked = plan(net, budget, spec.replace(**RECIPE) if recipe == "frontier" else spec, int8=int8)
         said = f"budget {budget:g} of the teacher's bytes{' after int8' if int8 else ''}: {picked.describe()}"
     else:
