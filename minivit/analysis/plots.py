@@ -234,6 +234,13 @@ def _place_labels(fig: Figure, ax, xs: np.ndarray, ys: np.ndarray, labels: list[
         placed.append(best[2])
 
 
+def _check_xy(xs: np.ndarray, ys: np.ndarray, logx: bool, what: str) -> None:
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
+        raise MinivitError(f"{what} needs finite x and y values")
+    if logx and np.any(xs <= 0):
+        raise MinivitError("logx=True needs positive x values", hint="drop logx or the non-positive points")
+
+
 def plot_scatter_labelled(
     points: Sequence[tuple[float, float, str] | tuple[float, float, str, str]],
     title: str,
@@ -257,10 +264,7 @@ def plot_scatter_labelled(
         groups = [str(p[3]) if len(p) > 3 else "" for p in points]
     except (TypeError, ValueError, IndexError) as e:
         raise MinivitError("points must be (x, y, label) tuples with numeric x and y") from e
-    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
-        raise MinivitError("plot_scatter_labelled needs finite x and y values")
-    if logx and np.any(xs <= 0):
-        raise MinivitError("logx=True needs positive x values", hint="drop logx or the non-positive points")
+    _check_xy(xs, ys, logx, "plot_scatter_labelled")
     fig = _new_figure((6.8, 4.8))
     ax = fig.add_subplot()
     group_names = list(dict.fromkeys(groups))
@@ -323,10 +327,7 @@ def plot_tradeoff(
     xs = np.array([p[0] for pts in data.values() for p in pts])
     ys = np.array([p[1] for pts in data.values() for p in pts])
     labels = [p[2] for pts in data.values() for p in pts]
-    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
-        raise MinivitError("plot_tradeoff needs finite x and y values")
-    if logx and np.any(xs <= 0):
-        raise MinivitError("logx=True needs positive x values", hint="drop logx or the non-positive points")
+    _check_xy(xs, ys, logx, "plot_tradeoff")
     fig = _new_figure((7.4, 5.2))
     ax = fig.add_subplot()
     if logx:
