@@ -101,8 +101,11 @@ class LayerDeltas(nn.Module):
     def fresh(cls, shared: dict[str, nn.Linear], rank: int) -> LayerDeltas:
         """Deltas on the ``shared`` maps that add nothing yet (small random ``A``, zero ``B``): for a model built
         from its config, whose weights are loaded next."""
-        return cls({name: LowRankDelta(s.in_features, s.out_features, rank, s.bias is not None, device=s.weight.device)
-                    for name, s in ((n, shared[n]) for n in DELTA_NAMES)})
+        deltas = {}
+        for name in DELTA_NAMES:
+            s = shared[name]
+            deltas[name] = LowRankDelta(s.in_features, s.out_features, rank, s.bias is not None, device=s.weight.device)
+        return cls(deltas)
 
     @classmethod
     def between(cls, shared: dict[str, nn.Linear], own: dict[str, nn.Linear], rank: int) -> LayerDeltas:
