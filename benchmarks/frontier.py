@@ -283,8 +283,9 @@ def rival_of(row: dict, rows) -> dict | None:
 def interpolated_front(rows, nbytes: int) -> float | None:
     """The baselines' Pareto front (top-1 against bytes) at ``nbytes``, linear in log bytes between the two front
     rows around it (None outside the front): what a baseline of exactly those bytes would reach if one existed."""
-    front = sorted((r["bytes"], r["top1"]) for r in rows if is_baseline(r) and r["name"] in pareto(
-        [r for r in rows if is_baseline(r)], "bytes"))
+    baselines = [r for r in rows if is_baseline(r)]
+    on_front = pareto(baselines, "bytes")
+    front = sorted((r["bytes"], r["top1"]) for r in baselines if r["name"] in on_front)
     for (b0, t0), (b1, t1) in zip(front, front[1:]):
         if b0 <= nbytes <= b1:
             return t0 if b1 == b0 else t0 + (t1 - t0) * math.log(nbytes / b0) / math.log(b1 / b0)
@@ -588,6 +589,7 @@ def plot_frontier(rows: list[dict], key: str, label: str, path: Path) -> None:
 
 def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0: float, argv) -> str:
     rows = list(results.values())
+    lead_rows = leads(results)
     plots = []
     for key, label, fname in (("mb", "stored MB", "frontier_bytes.png"), ("latency_ms", "CPU latency, batch 1 (ms)",
                                                                            "frontier_latency.png")):
@@ -595,7 +597,7 @@ def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0:
         plots.append(fname)
     total = time.perf_counter() - t0
     command = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])])
-    result = {"rows": rows, "targets": held, "leads": leads(results), "teacher_converged": crit, "command": command,
+    result = {"rows": rows, "targets": held, "leads": lead_rows, "teacher_converged": crit, "command": command,
               "config": {k: v for k, v in vars(a).items() if k != "trained_by"}, "total_seconds": round(total, 1),
               **({"trained_by": a.trained_by} if getattr(a, "trained_by", None) else {}),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "plots": plots}
@@ -611,7 +613,7 @@ def write_results(results: dict, held: list[dict], crit: dict, a, out: Path, t0:
           markdown_table(held) if held else "(no minivit rows to check)", "",
           "Every minivit row's lead over the best baseline of no more bytes, and over the baselines' Pareto front "
           "interpolated to its bytes (linear in log bytes; a baseline of exactly its bytes, had one existed):", "",
-          markdown_table(leads(results)) if leads(results) else "(no minivit rows)", ""] + [
+          markdown_table(lead_rows) if lead_rows else "(no minivit rows)", ""] + [
               f"![{p}]({p})" for p in plots]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     return name

@@ -104,8 +104,7 @@ def _base_bytes(teacher: nn.Module, spec: MultiplexSpec) -> int:
 
 def estimate_bytes(teacher: nn.Module, share: int, delta_rank: int = 0, spec: MultiplexSpec | None = None) -> int:
     """Bytes of ``multiplex(teacher, spec with share and delta_rank)``'s weights."""
-    spec = (spec or MultiplexSpec()).replace(share=share, delta_rank=delta_rank)
-    return _base_bytes(teacher, spec) + _delta_numbers(_blocks(teacher), share, delta_rank) * _elem(teacher)
+    return _fp32_size(teacher, (spec or MultiplexSpec()).replace(share=share))(delta_rank)
 
 
 def start_error(teacher: nn.Module, share: int, rank: int, init: str = "first") -> float:
@@ -145,6 +144,13 @@ def plan(teacher: nn.Module, budget: float, spec: MultiplexSpec | None = None, m
     what = f"{budget:.3f} of the teacher's stored bytes" + (" after int8" if int8 else "")
     return _within(teacher, teacher_bytes, budget * teacher_bytes, spec or MultiplexSpec(), max_rank, inits, what,
                    int8)
+
+
+def _fp32_size(teacher: nn.Module, spec: MultiplexSpec):
+    """``rank -> bytes`` of ``multiplex(teacher, spec with delta_rank=rank)``'s weights, without building the
+    deltas (the student without them is built once)."""
+    base, stacks = _base_bytes(teacher, spec), _blocks(teacher)
+    return lambda rank: base + _delta_numbers(stacks, spec.share, rank) * _elem(teacher)
 
 
 def int8_size(teacher: nn.Module, spec: MultiplexSpec):
@@ -195,11 +201,7 @@ def _within(teacher: nn.Module, teacher_bytes: int, limit: float, spec: Multiple
     depths = [len(s) for s in stacks]
     candidates = []
     for k in (k for k in range(1, max(depths) + 1) if all(d % min(k, d) == 0 for d in depths)):
-        if int8:
-            size = int8_size(teacher, spec.replace(share=k))
-        else:
-            base = _base_bytes(teacher, spec.replace(share=k))
-            size = lambda rank, base=base, k=k: base + _delta_numbers(stacks, k, rank) * _elem(teacher)  # noqa: E731
+        size = (int8_size if int8 else _fp32_size)(teacher, spec.replace(share=k))
         if size(0) > limit:
             continue
         rank = _largest_rank(size, limit, max_rank if k > 1 else 0)

@@ -110,14 +110,12 @@ class LayerDeltas(nn.Module):
     @classmethod
     def between(cls, shared: dict[str, nn.Linear], own: dict[str, nn.Linear], rank: int) -> LayerDeltas:
         """Deltas taking the ``shared`` linear maps to this layer's ``own`` (same names, same shapes; see
-        :func:`block_linears`)."""
-        deltas = {}
+        :func:`block_linears`): :meth:`fresh` ones, started at the SVD of each difference."""
+        deltas = cls.fresh(shared, rank)
         for name in DELTA_NAMES:
             s, o = shared[name], own[name]
-            d = LowRankDelta(s.in_features, s.out_features, rank, s.bias is not None, device=s.weight.device)
-            bias = None if s.bias is None else o.bias - s.bias
-            deltas[name] = d.init_from(o.weight - s.weight, bias)
-        return cls(deltas)
+            getattr(deltas, name).init_from(o.weight - s.weight, None if s.bias is None else o.bias - s.bias)
+        return deltas
 
 
 class _DeltaForm(nn.Module):
