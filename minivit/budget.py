@@ -28,9 +28,10 @@ from .core.delta import block_linears
 from .errors import ConfigError
 from .spec import MultiplexSpec
 
-RULE = ("among the share numbers whose student fits, each with the largest delta rank that fits and its init (the "
-        "group's first layer where there are no deltas, else whichever of first and mean starts closer), the one "
-        "whose initial weights are closest to the teacher's (relative squared error of the shared + delta weights)")
+RULE = ("among the share numbers whose student fits, each with the largest delta rank that fits (its deltas without "
+        "bias offsets only where that buys a larger rank) and its init (the group's first layer where there are no "
+        "deltas, else whichever of first and mean starts closer), the one whose initial weights are closest to the "
+        "teacher's (relative squared error of the shared + delta weights)")
 """Why the first layer without deltas: the mean of a group's layers always has the smaller squared error, but on
 its own it is nobody's function. A trained ViT's layers are nearly unrelated (the mean of the 12 layers of the
 frontier benchmark's teacher keeps 8% of their energy), so a mean block is a weak blur of them. On that
@@ -61,6 +62,7 @@ class Plan:
     def describe(self) -> str:
         s = self.spec
         rank = f", delta rank {s.delta_rank}" if s.delta_rank else ""
+        rank += " without bias offsets" if s.delta_rank and not s.delta_bias else ""
         stored = "int8 file" if self.int8 else "stored"
         return (f"share {s.share}{rank}, init {s.init}: about {self.bytes / 1e6:.3f} MB {stored}, "
                 f"{self.fraction:.3f} of the teacher's {self.teacher_bytes / 1e6:.3f} MB")
@@ -75,8 +77,9 @@ def _blocks(teacher: nn.Module) -> list[list[nn.Module]]:
     raise ConfigError(f"cannot find the transformer blocks of a {type(teacher).__name__}", "pass a timm ViT or Swin")
 
 
-def _delta_numbers(stacks: list[list[nn.Module]], share: int, rank: int) -> int:
-    """Numbers the rank-``rank`` deltas add: ``rank * (in + out) + out`` per corrected map, per layer."""
+def _delta_numbers(stacks: list[list[nn.Module]], share: int, rank: int, bias: bool = True) -> int:
+    """Numbers the rank-``rank`` deltas add: ``rank * (in + out) + out`` per corrected map, per layer (without
+    the ``out`` bias offsets for ``bias=False``)."""
     if not rank:
         return 0
     n = 0
@@ -84,8 +87,8 @@ def _delta_numbers(stacks: list[list[nn.Module]], share: int, rank: int) -> int:
         if min(share, len(blocks)) == 1:
             continue
         maps = block_linears(blocks[0]).values()
-        per_layer = sum(rank * (m.in_features + m.out_features) + (m.out_features if m.bias is not None else 0)
-                        for m in maps)
+        per_layer = sum(rank * (m.in_features + m.out_features) + (m.out_features if bias and m.bias is not None
+                                                                    else 0) for m in maps)
         n += len(blocks) * per_layer
     return n
 
@@ -128,13 +131,15 @@ def start_error(teacher: nn.Module, share: int, rank: int, init: str = "first") 
 
 
 def plan(teacher: nn.Module, budget: float, spec: MultiplexSpec | None = None, max_rank: int = 256,
-         inits: tuple[str, ...] = ("first", "mean"), int8: bool = False) -> Plan:
+         inits: tuple[str, ...] = ("first", "mean"), int8: bool = False,
+         offsets: tuple[bool, ...] = (True, False)) -> Plan:
     """The student for ``budget`` (a fraction of the teacher's stored bytes, 0 < budget <= 1) by :data:`RULE`.
 
     The candidates are the share numbers that divide every stack's depth, each with the largest delta rank
-    whose bytes fit the budget and the init :data:`RULE` gives it (from ``inits``); the one with the smallest
-    :func:`start_error` wins (ties: fewer bytes). The other fields of ``spec`` are kept. ``int8``: a student's
-    bytes are those of its int8 file (:func:`int8_size`), still against the fp32 teacher's bytes.
+    whose bytes fit the budget (with or without the deltas' bias offsets, from ``offsets``: without them only
+    where that buys a larger rank) and the init :data:`RULE` gives it (from ``inits``); the one with the
+    smallest :func:`start_error` wins (ties: fewer bytes). The other fields of ``spec`` are kept. ``int8``: a
+    student's bytes are those of its int8 file (:func:`int8_size`), still against the fp32 teacher's bytes.
     """
     if not 0 < budget <= 1:
         raise ConfigError(f"budget must be a fraction in (0, 1], got {budget!r}", "e.g. --budget 0.25")
@@ -143,14 +148,14 @@ def plan(teacher: nn.Module, budget: float, spec: MultiplexSpec | None = None, m
     teacher_bytes = tensor_bytes(teacher)
     what = f"{budget:.3f} of the teacher's stored bytes" + (" after int8" if int8 else "")
     return _within(teacher, teacher_bytes, budget * teacher_bytes, spec or MultiplexSpec(), max_rank, inits, what,
-                   int8)
+                   int8, offsets)
 
 
 def _fp32_size(teacher: nn.Module, spec: MultiplexSpec):
     """``rank -> bytes`` of ``multiplex(teacher, spec with delta_rank=rank)``'s weights, without building the
     deltas (the student without them is built once)."""
     base, stacks = _base_bytes(teacher, spec), _blocks(teacher)
-    return lambda rank: base + _delta_numbers(stacks, spec.share, rank) * _elem(teacher)
+    return lambda rank: base + _delta_numbers(stacks, spec.share, rank, spec.delta_bias) * _elem(teacher)
 
 
 def int8_size(teacher: nn.Module, spec: MultiplexSpec):
@@ -195,24 +200,42 @@ def _largest_rank(size, limit: float, max_rank: int) -> int:
 
 
 def _within(teacher: nn.Module, teacher_bytes: int, limit: float, spec: MultiplexSpec, max_rank: int, inits,
-            what: str, int8: bool = False) -> Plan:
+            what: str, int8: bool = False, offsets: tuple[bool, ...] = (True, False)) -> Plan:
     """:func:`plan` for a limit in bytes (of the int8 file with ``int8``)."""
     stacks = _blocks(teacher)
     depths = [len(s) for s in stacks]
+    sizer = int8_size if int8 else _fp32_size
     candidates = []
     for k in (k for k in range(1, max(depths) + 1) if all(d % min(k, d) == 0 for d in depths)):
-        size = (int8_size if int8 else _fp32_size)(teacher, spec.replace(share=k))
+        bias, size = _offsets_rule(lambda b, k=k: sizer(teacher, spec.replace(share=k, delta_bias=b)), limit,
+                                   max_rank if k > 1 else 0, offsets)
         if size(0) > limit:
             continue
         rank = _largest_rank(size, limit, max_rank if k > 1 else 0)
         errors = {init: start_error(teacher, k, rank, init) for init in inits}
         init = _init_rule(errors, k, rank)
-        candidates.append((errors[init], size(rank), k, rank, init))
+        candidates.append((errors[init], size(rank), k, rank, init, bias))
     if not candidates:
         raise ConfigError(f"no student fits {what}",
                           "a single shared block (--share all) is the smallest; raise the budget")
-    _, size, k, rank, init = min(candidates)
-    return Plan(spec.replace(share=k, delta_rank=rank, init=init), size, teacher_bytes, int8)
+    _, size, k, rank, init, bias = min(candidates)
+    return Plan(spec.replace(share=k, delta_rank=rank, init=init, delta_bias=bias), size, teacher_bytes, int8)
+
+
+def _offsets_rule(sizer, limit: float, max_rank: int, offsets: tuple[bool, ...]):
+    """Whether the deltas keep their bias offsets, by :data:`RULE`, and the ``rank -> bytes`` function of that
+    choice (``sizer(bias)``): with offsets unless dropping them buys a larger rank. Offsets only add bytes, so
+    the largest rank without them fits with them exactly when the two choices reach the same rank."""
+    if not offsets:
+        raise ConfigError("offsets must allow at least one of True and False")
+    with_them = sizer(True) if True in offsets else None
+    if False not in offsets:
+        return True, with_them
+    without = sizer(False)
+    if with_them is None or without(0) > limit:
+        return False, without
+    rank = _largest_rank(without, limit, max_rank)
+    return (True, with_them) if with_them(rank) <= limit else (False, without)
 
 
 def _init_rule(errors: dict[str, float], share: int, rank: int) -> str:
@@ -223,7 +246,9 @@ def _init_rule(errors: dict[str, float], share: int, rank: int) -> str:
 
 
 RECIPE = {"transforms": False}
-"""The fields the ``compress`` recipe sets beyond the planner's share, rank and init (see :func:`recipe`)."""
+"""The fields the ``compress`` recipe sets beyond the planner's share, rank, init and bias offsets (see
+:func:`recipe`)."""
+
 
 RECIPE_DISTILL = {"alpha": 0.8}
 """The distillation the ``compress`` recipe uses unless told otherwise: 0.8 of the logit loss on the hard labels,

@@ -33,6 +33,9 @@ FIELD_HELP = {
     "equal to its teacher), or off: the authors' x = LN(x); x = x + DWConv(x) (the released Mini-Swin models)",
     "delta_rank": "relaxed sharing: each layer adds a rank-r delta to the shared qkv/proj/fc1/fc2 weights, "
     "initialised from the SVD of (teacher layer - shared); 0 is plain MiniViT",
+    "delta_bias": "bias offsets in the relaxed-sharing deltas: each layer adds (teacher layer - shared) to the "
+    "shared biases; without them the layers of a group share their biases, which saves bytes (in an int8 file an "
+    "offset number costs 4 bytes, a delta weight 1)",
 }
 
 ALL = "all"  # share="all": one block for the whole stack (each stage for Swin)
@@ -52,6 +55,7 @@ class MultiplexSpec:
     mlp_transform: bool | None = None
     mlp_residual: bool = True
     delta_rank: int = 0
+    delta_bias: bool = True
     extra: dict = field(default_factory=dict, compare=False, repr=False)  # unknown keys of an older/newer config
 
     def __post_init__(self):
@@ -69,7 +73,7 @@ class MultiplexSpec:
                     f"share must be a positive integer (or one per stage), got {share!r}",
                     "use 1 (no sharing) up to the depth",
                 )
-        for name in ("transforms", "separate_norms", "irpe", "mlp_residual"):
+        for name in ("transforms", "separate_norms", "irpe", "mlp_residual", "delta_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.mlp_transform is not None and not isinstance(self.mlp_transform, bool):

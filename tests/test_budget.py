@@ -203,3 +203,29 @@ def test_compress_refuses_an_int8_budget_without_a_budget(tmp_path, capsys):
               "--output", str(tmp_path / "x")])
     assert exc.value.code == 2 and not (tmp_path / "x").exists()
     assert "--budget-int8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_the_planner_drops_bias_offsets_only_where_that_buys_a_larger_rank(int8):
+    """The rule: deltas keep their bias offsets unless dropping them fits a larger rank in the budget; checked
+    against every rank of both choices for the share number the plan picked."""
+    from minivit.budget import _fp32_size, int8_size
+
+    teacher = small_vit()
+    sizer = int8_size if int8 else _fp32_size
+    seen = set()
+    for budget in ((0.13, 0.16) if int8 else (0.25, 0.33, 0.53)):
+        picked = plan(teacher, budget, int8=int8)
+        limit = budget * tensor_bytes(teacher)
+        largest = {}
+        for bias in (True, False):
+            size = sizer(teacher, picked.spec.replace(delta_bias=bias))
+            largest[bias] = next(r for r in range(64) if size(r + 1) > limit)
+        assert picked.spec.delta_rank == max(largest.values())
+        assert picked.spec.delta_bias == (largest[True] == largest[False]), (budget, largest)
+        assert ("without bias offsets" in picked.describe()) == (not picked.spec.delta_bias)
+        seen.add(picked.spec.delta_bias)
+    # in fp32 both outcomes occur over these budgets; in int8 a layer's offsets (float32) cost more than a rank
+    assert seen == ({False} if int8 else {True, False})
+    # asked for one choice only, the planner keeps it
+    assert plan(teacher, 0.3, int8=int8, offsets=(True,)).spec.delta_bias is True

@@ -269,11 +269,12 @@ def test_flags_become_config_objects():
     from minivit.train import TrainConfig
 
     a = _parse(*COMPRESS, "--share", "2,2,6,2", "--no-transforms", "--shared-norms", "--delta-rank", "3",
-               "--init", "mean", "--distill", "logits,hidden", "--beta", "0.5", "--layers-student", "1,3",
-               "--layers-teacher", "0,3", "--num-relation-heads", "2", "--no-progress", "--clip-grad", "1",
-               "--mixed-precision", "bf16")  # fmt: skip
+               "--no-delta-bias", "--init", "mean", "--distill", "logits,hidden", "--beta", "0.5",
+               "--layers-student", "1,3", "--layers-teacher", "0,3", "--num-relation-heads", "2", "--no-progress",
+               "--clip-grad", "1", "--mixed-precision", "bf16")  # fmt: skip
     spec = from_args(MultiplexSpec, a)
-    assert spec == MultiplexSpec(share=(2, 2, 6, 2), transforms=False, separate_norms=False, init="mean", delta_rank=3)
+    assert spec == MultiplexSpec(share=(2, 2, 6, 2), transforms=False, separate_norms=False, init="mean", delta_rank=3,
+                                 delta_bias=False)
     d = from_args(DistillConfig, a)
     assert d.distill == ("logits", "hidden") and d.attn_weight == 0 and d.beta == 0.5
     assert (d.student_layers, d.teacher_layers, d.num_relation_heads) == ((1, 3), (0, 3), 2)
@@ -456,6 +457,8 @@ def test_compress_recipe_flags(capsys, monkeypatch):
     assert seen["recipe"] == "frontier" and seen["spec"] == MultiplexSpec(share=4)
     assert cli(capsys, *COMPRESS, "--share", "4", "--delta-rank", "0")[0] == 0  # a layout flag: built as given
     assert seen["recipe"] == "exact" and seen["spec"] == MultiplexSpec(share=4, delta_rank=0)
+    assert cli(capsys, *COMPRESS, "--delta-rank", "2", "--no-delta-bias")[0] == 0
+    assert seen["recipe"] == "exact" and seen["spec"] == MultiplexSpec(delta_rank=2, delta_bias=False)
     assert cli(capsys, *COMPRESS, "--init", "mean", "--recipe", "exact")[0] == 0
     assert seen["recipe"] == "exact" and seen["spec"] == MultiplexSpec(init="mean")
     # the budget picks the rank, as documented

@@ -212,3 +212,51 @@ def test_folding_an_int8_student_runs_one_int8_product_per_map():
         assert all(type(layer.delta.qkv) is LowRankDelta for _, layer in iter_layers(q))  # q itself untouched
         with pytest.raises(minivit.ConfigError, match="folded for inference"):
             folded.train()
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_deltas_without_bias_offsets_share_the_group_biases(family, tmp_path):
+    """``delta_bias=False``: the deltas carry no bias offsets (each layer runs its group's shared biases), the
+    student is smaller by exactly those numbers, and every way to run, fold, quantise, export or reload it agrees."""
+    from minivit.budget import estimate_bytes, int8_size
+    from minivit.core.delta import merge_in_graph
+    from minivit.export import int8_bytes, quantize_dynamic_int8
+    from minivit.measure import tensor_bytes
+
+    teacher = tiny_vit() if family == "vit" else tiny_swin()
+    spec = minivit.MultiplexSpec(share=2, delta_rank=3, init="mean", delta_bias=False)
+    student = _trained_a_little(minivit.multiplex(teacher, spec)).eval()
+    with_offsets = minivit.multiplex(teacher, spec.replace(delta_bias=True))
+    layers = [layer for _, layer in iter_layers(student)]
+    assert all(getattr(layer.delta, n).bias is None for layer in layers for n in DELTA_NAMES)
+    offsets = sum(getattr(layer.delta, n).bias.numel() for _, layer in iter_layers(with_offsets) for n in DELTA_NAMES)
+    assert tensor_bytes(with_offsets) - tensor_bytes(student) == 4 * offsets
+    assert estimate_bytes(teacher, 2, 3, spec) == tensor_bytes(student)
+    assert int8_size(teacher, spec)(3) == int8_bytes(student) < int8_size(teacher, spec.replace(delta_bias=True))(3)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = student(x)
+        assert rel_err(minivit.fold_deltas(student)(x), ref) < 1e-5
+        assert rel_err(merge_in_graph(student)(x), ref) < 1e-5
+        q = quantize_dynamic_int8(student)
+        assert rel_err(minivit.fold_deltas(q)(x), q(x)) < 0.05
+    minivit.save_pretrained(student, tmp_path / "s")
+    again = minivit.from_pretrained(tmp_path / "s").eval()
+    assert again.spec.delta_bias is False
+    with torch.no_grad():
+        assert torch.equal(again(x), ref)
+
+
+def test_without_bias_offsets_full_rank_still_reproduces_every_weight():
+    """Offsets or not, the weights start at the teacher's at full rank; only the biases are the group's mean."""
+    from minivit.budget import start_error
+
+    teacher = tiny_vit()
+    student = minivit.multiplex(teacher, share=2, delta_rank=48, init="mean", delta_bias=False).eval()
+    folded = minivit.fold_deltas(student)
+    assert start_error(teacher, 2, 48, "mean") < 1e-20
+    for i, (_, layer) in enumerate(iter_layers(folded)):
+        own = teacher.blocks[i]
+        assert torch.allclose(layer.delta.fc1.weight, own.mlp.fc1.weight, atol=1e-5)
+        group = [teacher.blocks[j].mlp.fc1.bias for j in range(i - i % 2, i - i % 2 + 2)]
+        assert torch.allclose(layer.delta.fc1.bias, torch.stack(group).mean(0), atol=1e-6)

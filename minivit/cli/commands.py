@@ -522,7 +522,7 @@ def run_compress(
 
 
 RECIPES = ("frontier", "exact")
-LAYOUT_FIELDS = ("delta_rank", "init")
+LAYOUT_FIELDS = ("delta_rank", "delta_bias", "init")
 """Spec fields the frontier recipe picks itself: giving one (without a budget) builds the spec as given."""
 
 

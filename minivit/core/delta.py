@@ -98,20 +98,24 @@ class LayerDeltas(nn.Module):
             setattr(self, name, deltas[name])
 
     @classmethod
-    def fresh(cls, shared: dict[str, nn.Linear], rank: int) -> LayerDeltas:
+    def fresh(cls, shared: dict[str, nn.Linear], rank: int, bias: bool = True) -> LayerDeltas:
         """Deltas on the ``shared`` maps that add nothing yet (small random ``A``, zero ``B``): for a model built
-        from its config, whose weights are loaded next."""
+        from its config, whose weights are loaded next. ``bias=False``: no bias offsets (the layer runs the
+        shared biases)."""
         deltas = {}
         for name in DELTA_NAMES:
             s = shared[name]
-            deltas[name] = LowRankDelta(s.in_features, s.out_features, rank, s.bias is not None, device=s.weight.device)
+            offset = bias and s.bias is not None
+            deltas[name] = LowRankDelta(s.in_features, s.out_features, rank, offset, device=s.weight.device)
         return cls(deltas)
 
     @classmethod
-    def between(cls, shared: dict[str, nn.Linear], own: dict[str, nn.Linear], rank: int) -> LayerDeltas:
+    def between(cls, shared: dict[str, nn.Linear], own: dict[str, nn.Linear], rank: int,
+                bias: bool = True) -> LayerDeltas:
         """Deltas taking the ``shared`` linear maps to this layer's ``own`` (same names, same shapes; see
-        :func:`block_linears`): :meth:`fresh` ones, started at the SVD of each difference."""
-        deltas = cls.fresh(shared, rank)
+        :func:`block_linears`): :meth:`fresh` ones, started at the SVD of each difference (and the bias offsets
+        at the difference of the biases, unless ``bias=False``)."""
+        deltas = cls.fresh(shared, rank, bias)
         for name in DELTA_NAMES:
             s, o = shared[name], own[name]
             getattr(deltas, name).init_from(o.weight - s.weight, None if s.bias is None else o.bias - s.bias)
@@ -210,7 +214,7 @@ class GraphMergedDelta(_DeltaForm):
 
     def apply_to(self, shared: nn.Linear, x: Tensor) -> Tensor:
         weight = shared.weight + self.up_proj.weight @ self.down_proj.weight
-        bias = None if shared.bias is None else shared.bias + self.up_proj.bias
+        bias = shared.bias if self.up_proj.bias is None else shared.bias + self.up_proj.bias
         return F.linear(x, weight, bias)
 
     def extra_repr(self) -> str:
@@ -279,15 +283,16 @@ def fold_deltas(model: nn.Module, *, keep_factors: bool = True) -> nn.Module:
     return out
 
 
-def layer_deltas(shared: nn.Module, block: nn.Module, rank: int, *, from_block: bool = True) -> LayerDeltas | None:
+def layer_deltas(shared: nn.Module, block: nn.Module, rank: int, *, from_block: bool = True,
+                 bias: bool = True) -> LayerDeltas | None:
     """The deltas taking a group's ``shared`` block to a layer's source ``block``; None for ``rank == 0``.
     ``from_block=False`` (a model built from its config, its weights loaded next): deltas that add nothing,
-    without the SVD, whose start would be thrown away."""
+    without the SVD, whose start would be thrown away. ``bias=False``: without bias offsets."""
     if not rank:
         return None
     if not from_block:
-        return LayerDeltas.fresh(block_linears(shared), rank)
-    return LayerDeltas.between(block_linears(shared), block_linears(block), rank)
+        return LayerDeltas.fresh(block_linears(shared), rank, bias)
+    return LayerDeltas.between(block_linears(shared), block_linears(block), rank, bias)
 
 
 def block_linears(block: nn.Module) -> dict[str, nn.Linear]:

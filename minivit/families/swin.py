@@ -298,7 +298,7 @@ def multiplex_swin_blocks(
         if spec.transforms:
             device = blk.norm1.weight.device
             mixes = [HeadMix(num_heads, bias=True, init=spec.transform_init).to(device) for _ in range(2)]
-        delta = deltas.layer_deltas(shared, blk, spec.delta_rank, from_block=not fresh)
+        delta = deltas.layer_deltas(shared, blk, spec.delta_rank, from_block=not fresh, bias=spec.delta_bias)
         return SwinLayerParts(
             norm1=own["n1"] if spec.separate_norms else None,
             norm2=own["n2"] if spec.separate_norms else None,

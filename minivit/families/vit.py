@@ -158,7 +158,7 @@ def multiplex_vit_blocks(
     def make_layer(i: int, shared: SharedBlock) -> LayerParts:
         blk = blocks[i]
         mixes = [HeadMix(num_heads, False, spec.transform_init) for _ in range(2)] if spec.transforms else [None] * 2
-        delta = deltas.layer_deltas(shared, blk, spec.delta_rank, from_block=not fresh)
+        delta = deltas.layer_deltas(shared, blk, spec.delta_rank, from_block=not fresh, bias=spec.delta_bias)
         rpe = ContextualRPE(head_dim, buckets) if spec.irpe else None
         return LayerParts(blk, spec.separate_norms, *mixes, rpe=rpe, delta=delta)
 
