@@ -14,7 +14,7 @@ will be deployed as instead: the ``model.int8.safetensors`` of ``export --format
 scales, the export's default), held against the fp32 teacher's bytes. int8 stores each linear map in a quarter
 of its bytes and the rest (norms, embeddings, biases, scales) as it was, so an int8 budget F buys a student of
 between F and 4F of the teacher's bytes in fp32, depending on how much of it is linear maps (on the frontier
-benchmark's small teacher, 0.125 after int8 buys 0.37 in fp32). These sizes are exact, counted on students
+benchmark's small teacher, 0.125 after int8 buys 0.43 in fp32). These sizes are exact, counted on students
 built without their teacher's weights (no SVD).
 """
 
@@ -42,7 +42,15 @@ benchmark (one shared block for 12 layers, 4 epochs, 2 seeds each; first vs mean
 
 With deltas the two are within 0.25 points, either way round, so the rule keeps the closer start (the mean)
 there; against the benchmark's converged teacher, rank 6 gives 89.54 (first) vs 89.515 (mean), 2 seeds each
-(``benchmarks/results/frontier.md``)."""
+(``benchmarks/results/frontier.md``).
+
+Why the bias offsets go only where that buys a rank: a delta's offsets cost ``out`` numbers per map and layer
+(21.5 kB over the 12 layers of that teacher, float32 in the fp32 and in the int8 file: 0.6 of a rank in fp32,
+2.3 in int8). Against its converged teacher (one shared block, 4 epochs, 2 seeds each), at equal rank they were
+worth 0.3 points at rank 3 (88.785 vs 88.475) and nothing at rank 6 (89.515 vs 89.505); at equal int8 bytes the
+rank they cost was worth more (rank 5 without, 0.117 MB: 89.385; rank 3 with, 0.121 MB: 88.745). The students the
+rule changed gained 0.12 (``compress --share 2``: rank 18 without, 17 with) and 0.30 points (``--share 4``: 7 vs
+6) in fp32."""
 
 
 @dataclass(frozen=True)
