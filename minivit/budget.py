@@ -215,11 +215,10 @@ def _within(teacher: nn.Module, teacher_bytes: int, limit: float, spec: Multiple
     sizer = int8_size if int8 else _fp32_size
     candidates = []
     for k in (k for k in range(1, max(depths) + 1) if all(d % min(k, d) == 0 for d in depths)):
-        bias, size = _offsets_rule(lambda b, k=k: sizer(teacher, spec.replace(share=k, delta_bias=b)), limit,
-                                   max_rank if k > 1 else 0, offsets)
-        if size(0) > limit:
+        bias, size, rank = _offsets_rule(lambda b, k=k: sizer(teacher, spec.replace(share=k, delta_bias=b)), limit,
+                                         max_rank if k > 1 else 0, offsets)
+        if rank is None:
             continue
-        rank = _largest_rank(size, limit, max_rank if k > 1 else 0)
         errors = {init: start_error(teacher, k, rank, init) for init in inits}
         init = _init_rule(errors, k, rank)
         candidates.append((errors[init], size(rank), k, rank, init, bias))
@@ -231,19 +230,20 @@ def _within(teacher: nn.Module, teacher_bytes: int, limit: float, spec: Multiple
 
 
 def _offsets_rule(sizer, limit: float, max_rank: int, offsets: tuple[bool, ...]):
-    """Whether the deltas keep their bias offsets, by :data:`RULE`, and the ``rank -> bytes`` function of that
-    choice (``sizer(bias)``): with offsets unless dropping them buys a larger rank. Offsets only add bytes, so
-    the largest rank without them fits with them exactly when the two choices reach the same rank."""
+    """Whether the deltas keep their bias offsets, by :data:`RULE`, the ``rank -> bytes`` function of that choice
+    (``sizer(bias)``) and the largest rank that fits (None when not even rank 0 does): with offsets unless
+    dropping them buys a larger rank. Offsets only add bytes, so the largest rank without them fits with them
+    exactly when the two choices reach the same rank."""
     if not offsets:
         raise ConfigError("offsets must allow at least one of True and False")
-    with_them = sizer(True) if True in offsets else None
-    if False not in offsets:
-        return True, with_them
-    without = sizer(False)
-    if with_them is None or without(0) > limit:
-        return False, without
-    rank = _largest_rank(without, limit, max_rank)
-    return (True, with_them) if with_them(rank) <= limit else (False, without)
+    choices = [(bias, sizer(bias)) for bias in (False, True) if bias in offsets]
+    bias, size = choices[0]
+    if size(0) > limit:
+        return bias, size, None
+    rank = _largest_rank(size, limit, max_rank)
+    if len(choices) == 2 and choices[1][1](rank) <= limit:
+        return (*choices[1], rank)
+    return bias, size, rank
 
 
 def _init_rule(errors: dict[str, float], share: int, rank: int) -> str:
