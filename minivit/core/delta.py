@@ -2,13 +2,15 @@
 
 With ``delta_rank = r > 0`` every layer of a group adds ``B_l (A_l x) + b_l`` to each shared linear map
 (attention qkv and proj, MLP fc1 and fc2): ``A_l`` is ``(r, in)``, ``B_l`` is ``(out, r)`` and ``b_l`` a bias
-offset (where the shared map has a bias). The factors stay factorised, in the model and in saved files, so
-a layer costs ``r * (in + out) + out`` numbers per map instead of ``in * out``.
+offset (where the shared map has a bias; none with ``delta_bias=False``, where the layers of a group share its
+biases). The factors stay factorised, in the model and in saved files, so a layer costs ``r * (in + out) + out``
+numbers per map instead of ``in * out`` (``r * (in + out)`` without offsets).
 
 Built from a teacher, the delta starts at the truncated SVD of ``W_teacher_l - W_shared`` (and
 ``b_l = bias_teacher_l - bias_shared``): the student equals its teacher when ``r`` reaches the rank of that
-difference. Components with no singular value to start from (e.g. the first layer of a group with
-``init=first``) get a small random ``A`` and a zero ``B``: they add nothing at step 0 but can learn.
+difference (without offsets only its weights do; its biases are the group's). Components with no singular
+value to start from (e.g. the first layer of a group with ``init=first``) get a small random ``A`` and a zero
+``B``: they add nothing at step 0 but can learn.
 
 For inference, :func:`fold_deltas` returns a copy in which each layer runs one map with weight
 ``W_shared + B_l A_l`` (:class:`FoldedDelta`): the same arithmetic as the teacher, instead of three products
