@@ -212,16 +212,22 @@ def make_student(kind: str, k: int, teacher: nn.Module) -> tuple[nn.Module, dict
 def train_student(kind, k, seed, teacher, train, val, logits, a, work: Path, log) -> tuple[nn.Module, dict]:
     torch.manual_seed(seed)
     student, how = make_student(kind, k, teacher)
+    seconds = distil(student, teacher, seed, a.student_epochs, train, val, logits, a, work / f"{kind}_{k}_seed{seed}",
+                     log)
+    return student, {"how": how, "train_s": round(seconds, 1)}
+
+
+def distil(student, teacher, seed, epochs, train, val, logits, a, folder: Path, log) -> float:
+    """Distil ``student`` from ``teacher`` as every row is (``--distill``, :func:`student_schedule`), leave it in
+    eval mode; the seconds it took."""
     distill = DistillConfig(**a.distill)
     train_set = WithTeacherLogits(train, logits) if distill.cache_teacher_logits else train
     objective = DistillationObjective(student, copy.deepcopy(teacher), distill)
-    cfg = student_schedule(a, a.student_epochs, seed)
     start = time.perf_counter()
-    fit(objective, train_set, val, cfg, work / f"{kind}_{k}_seed{seed}", log=log)
+    fit(objective, train_set, val, student_schedule(a, epochs, seed), folder, log=log)
     objective.remove_hooks()
-    seconds = time.perf_counter() - start
     student.eval()
-    return student, {"how": how, "train_s": round(seconds, 1)}
+    return time.perf_counter() - start
 
 
 def measure(model: nn.Module, val, a) -> dict:

@@ -22,11 +22,9 @@ Each finished student is appended to ``--out`` as one JSON line (and printed); a
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -58,9 +56,7 @@ def train_one(job: tuple) -> dict:
     import frontier as fr
 
     import minivit
-    from minivit.distill import DistillationObjective, DistillConfig
     from minivit.export import quantize_dynamic_int8
-    from minivit.train import fit
 
     teacher = minivit.from_pretrained(a.teacher).eval()
     limit = 500 if a.quick else None
@@ -69,13 +65,9 @@ def train_one(job: tuple) -> dict:
     settings = fr.arguments(["--teacher", a.teacher, "--data", a.data])
     torch.manual_seed(seed)
     student = minivit.multiplex(teacher, minivit.MultiplexSpec(**spec))
-    objective = DistillationObjective(student, copy.deepcopy(teacher), DistillConfig(**settings.distill))
-    start = time.perf_counter()
-    fit(objective, train, val, fr.student_schedule(settings, epochs, seed), Path(a.work) / f"{name}_e{epochs}_s{seed}",
-        log=None)
-    seconds = time.perf_counter() - start
-    objective.remove_hooks()
-    student = student.cpu().eval()
+    seconds = fr.distil(student, teacher, seed, epochs, train, val, None, settings,
+                        Path(a.work) / f"{name}_e{epochs}_s{seed}", None)
+    student = student.cpu()
     fp32, int8 = fr.measure(student, val, settings), fr.measure(quantize_dynamic_int8(student), val, settings)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     record = dict(name=name, seed=seed, epochs=epochs, top1=fp32["top1"], bytes=fp32["bytes"],

@@ -166,8 +166,9 @@ def _compress_arguments(p) -> None:
     add_options(p, MultiplexSpec, "multiplexing")
     p.add_argument(
         "--budget", type=_fraction, metavar="F",
-        help="keep this fraction of the teacher's stored bytes (e.g. 0.25): picks the share number, delta rank "
-        "and init (minivit.budget.plan) and says what it picked; overrides --share, --delta-rank and --init",
+        help="keep this fraction of the teacher's stored bytes (e.g. 0.25): picks the share number, delta rank, "
+        "init and bias offsets (minivit.budget.plan) and says what it picked; overrides --share, --delta-rank, "
+        "--no-delta-bias and --init",
     )  # fmt: skip
     p.add_argument(
         "--budget-int8", action="store_true",
